@@ -1,0 +1,3 @@
+from engram_cli.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""Typer layer: one module per command (group); heavy imports stay inside functions."""
