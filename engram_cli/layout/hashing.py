@@ -71,8 +71,10 @@ def _mod_columns(mix: np.ndarray, primes_i: np.ndarray, inv_f: np.ndarray, use_f
         y -= 0.5
         q = y.astype(np.int64)  # trunc; in {floor(mix/p) - 1, floor(mix/p)}
         q *= primes_i[None, :]
-        np.subtract(mix[:, None], q, out=out)
-        out -= (out >= primes_i[None, :]) * primes_i[None, :]
+        np.subtract(mix[:, None], q, out=q)  # r in [0, 2p)
+        # r - p wraps to a huge unsigned value when r < p, so the unsigned minimum picks r.
+        np.subtract(q, primes_i[None, :], out=y.view(np.int64))
+        np.minimum(q.view(np.uint64), y.view(np.uint64), out=out.view(np.uint64))
         return
     for j in range(primes_i.shape[0]):
         np.remainder(mix, primes_i[j], out=out[:, j])

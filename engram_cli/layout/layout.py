@@ -103,8 +103,17 @@ class EngramLayout:
 
     # --- hashing ---------------------------------------------------------------------
     def compress(self, ids: Any) -> Any:
-        """Raw -> compressed ids (negative ids pass through). Identity without a token map."""
-        if self.variant == "qwen4-exp":
+        """Raw -> compressed ids (negative ids pass through).
+
+        Identity for layouts without compression (qwen4-exp, or no token map and equal raw
+        and compressed vocab sizes, as in synthetic layouts).
+        """
+        if self.variant == "qwen4-exp" or (self.token_map is None and self.vocab_size == self.compressed_vocab_size):
+            if not _is_torch(ids):
+                arr = np.asarray(ids, dtype=np.int64)
+                if arr.size and arr.max() >= self.vocab_size:
+                    raise BadInputError(f"token id {int(arr.max())} is outside the {self.vocab_size} ids of this layout")
+                return arr
             return ids
         if self.token_map is None:
             raise BadInputError(

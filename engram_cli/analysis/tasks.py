@@ -1,0 +1,141 @@
+"""Task files: a JSONL format close to lm-eval's (see docs/ablate.md).
+
+Line 1 (optional) is a header object with ``output_type``; every other line is one item:
+
+    {"task": "capitals_mc", "category": "factual", "output_type": "multiple_choice"}
+    {"id": "...", "context": "The capital of France is", "choices": [" Paris.", " Rome."], "gold": 0}
+
+``output_type``: ``multiple_choice`` (context, choices, gold -> acc, acc_norm),
+``generate_until`` (context, answers, header ``until`` / ``max_gen_toks`` -> exact_match),
+``loglikelihood_rolling`` (text -> perplexity). Without a header the type is inferred from
+the first item's keys, the task name from the file name and the category is "other".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engram_cli.errors import BadInputError
+
+OUTPUT_TYPES = ("multiple_choice", "generate_until", "loglikelihood_rolling")
+CATEGORIES = ("factual", "reading", "other")
+REQUIRED = {
+    "multiple_choice": ("context", "choices", "gold"),
+    "generate_until": ("context", "answers"),
+    "loglikelihood_rolling": ("text",),
+}
+
+
+@dataclass
+class Task:
+    name: str
+    category: str
+    output_type: str
+    items: list[dict[str, Any]]
+    path: str = ""
+    until: list[str] = field(default_factory=lambda: ["\n"])
+    max_gen_toks: int = 16
+    description: str = ""
+
+    @property
+    def chance(self) -> float | None:
+        if self.output_type == "multiple_choice":
+            return sum(1.0 / len(it["choices"]) for it in self.items) / max(1, len(self.items))
+        if self.output_type == "generate_until":
+            return 0.0
+        return None
+
+
+def _infer_type(item: dict) -> str | None:
+    if "choices" in item:
+        return "multiple_choice"
+    if "answers" in item:
+        return "generate_until"
+    if "text" in item:
+        return "loglikelihood_rolling"
+    return None
+
+
+def load_task(path: str | Path, limit: int | None = None) -> Task:
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"task file not found: {path}")
+    header: dict[str, Any] = {}
+    items: list[dict[str, Any]] = []
+    out_type: str | None = None
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise BadInputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise BadInputError(f"{path}:{lineno}: expected a JSON object")
+            if not items and not header and "output_type" in obj and not ({"context", "text"} & set(obj)):
+                header = obj
+                out_type = obj["output_type"]
+                if out_type not in OUTPUT_TYPES:
+                    raise BadInputError(f"{path}:{lineno}: unknown output_type {out_type!r}",
+                                        hint=f"one of {', '.join(OUTPUT_TYPES)}")
+                if header.get("category", "other") not in CATEGORIES:
+                    raise BadInputError(f"{path}:{lineno}: unknown category {header.get('category')!r}",
+                                        hint=f"one of {', '.join(CATEGORIES)}")
+                continue
+            if out_type is None:
+                out_type = _infer_type(obj)
+                if out_type is None:
+                    raise BadInputError(f"{path}:{lineno}: cannot tell the item type",
+                                        hint="items need 'choices', 'answers' or 'text'")
+            missing = [k for k in REQUIRED[out_type] if k not in obj]
+            if missing:
+                raise BadInputError(f"{path}:{lineno}: {out_type} item lacks {', '.join(missing)}")
+            if out_type == "multiple_choice":
+                ch, gold = obj["choices"], obj["gold"]
+                if not isinstance(ch, list) or len(ch) < 2 or not all(isinstance(c, str) for c in ch):
+                    raise BadInputError(f"{path}:{lineno}: 'choices' must be a list of >= 2 strings")
+                if not isinstance(gold, int) or not 0 <= gold < len(ch):
+                    raise BadInputError(f"{path}:{lineno}: 'gold' must be an index into 'choices'")
+            elif out_type == "generate_until":
+                ans = obj["answers"]
+                if isinstance(ans, str):
+                    obj["answers"] = [ans]
+                elif not isinstance(ans, list) or not ans or not all(isinstance(a, str) for a in ans):
+                    raise BadInputError(f"{path}:{lineno}: 'answers' must be a string or a list of strings")
+            for key in ("context", "text"):
+                if key in obj and not isinstance(obj[key], str):
+                    raise BadInputError(f"{path}:{lineno}: '{key}' must be a string")
+            obj.setdefault("id", f"{path.stem}/{lineno}")
+            items.append(obj)
+            if limit is not None and len(items) >= limit:
+                break
+    if not items or out_type is None:
+        raise BadInputError(f"{path}: no items")
+    until = header.get("until", ["\n"])
+    return Task(name=str(header.get("task", path.stem)), category=str(header.get("category", "other")),
+                output_type=out_type, items=items, path=str(path),
+                until=[until] if isinstance(until, str) else list(until),
+                max_gen_toks=int(header.get("max_gen_toks", 16)), description=str(header.get("description", "")))
+
+
+def resolve_tasks(specs: list[str] | None, default_dir: Path, limit: int | None = None) -> list[Task]:
+    """Task files from names (bundled suites), files or directories; None = all bundled suites."""
+    paths: list[Path] = []
+    for spec in specs or [str(default_dir)]:
+        p = Path(spec)
+        if p.is_dir():
+            paths += sorted(p.glob("*.jsonl"))
+        elif p.is_file():
+            paths.append(p)
+        elif (default_dir / f"{spec}.jsonl").is_file():
+            paths.append(default_dir / f"{spec}.jsonl")
+        else:
+            bundled = ", ".join(sorted(q.stem for q in default_dir.glob("*.jsonl"))) if default_dir.is_dir() else "none"
+            raise BadInputError(f"task not found: {spec}", hint=f"a .jsonl file, a directory, or a bundled suite ({bundled})")
+    if not paths:
+        raise BadInputError("no task files found")
+    return [load_task(p, limit) for p in paths]

@@ -1,0 +1,65 @@
+"""Hash-head geometry of each table, from an :class:`EngramLayout` or what a source records.
+
+Only the layout knows primes; this module matches its layers to the tables found and checks
+that the sizes agree (sum of primes == rows, or rows == the padded size for Qwen4-Exp).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engram_cli.errors import LayoutMismatchError
+from engram_cli.tables.model import Geometry, TableInfo
+
+
+def geometries_from_layout(layout: Any, tables: tuple[TableInfo, ...]) -> tuple[Geometry, ...]:
+    out = []
+    ids = tuple(layout.layer_ids)
+    for pos, t in enumerate(tables):
+        if t.layer_id in ids:
+            i = ids.index(t.layer_id)
+        elif len(ids) == len(tables):
+            i = pos  # e.g. Qwen4-Exp: PLE layer index vs decoder layer id
+        else:
+            raise LayoutMismatchError(f"table of layer {t.layer_id} has no layer in the layout (layer ids {list(ids)})")
+        primes = tuple(int(p) for p in layout.primes[i])
+        total = sum(primes)
+        expect = int(layout.num_embeddings[i]) if getattr(layout, "num_embeddings", None) is not None else total
+        if t.rows != expect or total > t.rows:
+            raise LayoutMismatchError(
+                f"layer {t.layer_id}: table has {t.rows} rows but the layout gives {expect} (sum of primes {total})",
+                hint="check the layout/config belongs to this checkpoint",
+            )
+        out.append(Geometry(t.layer_id, primes, t.rows))
+    return tuple(out)
+
+
+def load_layout_option(layout_dir: str | None = None, config: str | None = None, preset: str | None = None,
+                       source_dir: Path | None = None) -> Any | None:
+    """An explicit layout (--layout/--config/--preset), else one found beside the source, else None."""
+    from engram_cli import layout as L
+
+    if layout_dir:
+        return L.load_layout(layout_dir)
+    if config:
+        return L.layout_from_config(config)
+    if preset:
+        return L.layout_from_preset(preset)
+    if source_dir is not None and source_dir.is_dir():
+        if (source_dir / "engram_layout.json").is_file():
+            return L.load_layout(source_dir)
+        if (source_dir / "config.json").is_file():
+            try:
+                return L.layout_from_config(str(source_dir / "config.json"))
+            except Exception:  # noqa: BLE001 - a config without Engram fields: no geometry
+                return None
+    return None
+
+
+def resolve(tables: tuple[TableInfo, ...], known: tuple[Geometry, ...], layout: Any | None) -> tuple[Geometry, ...]:
+    if layout is not None:
+        return geometries_from_layout(layout, tables)
+    if known and len(known) == len(tables):
+        return known
+    return ()

@@ -1,0 +1,86 @@
+"""Synthetic Engram checkpoints for the shard tests (imported by tests; not a conftest).
+
+``make_v41_checkpoint`` writes the exact DeepSeek-V4.1 names, dtypes and scale layout
+(``layers.{L}.engram.embed.weight`` F8_E4M3 ``[rows, 256]`` + ``.scale`` F8_E8M0 ``[rows, 8]``)
+at reduced row counts with the real hash structure (24 columns, distinct primes from a small
+base), spread over three shards with each table and its scale in different files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from engram_cli.layout import EngramLayout
+
+
+def small_layout(vocab_base: int = 300, layer_ids=(1, 14), with_token_map: bool = True) -> EngramLayout:
+    token_map = (np.arange(600, dtype=np.int64) % 500) if with_token_map else None
+    return EngramLayout.custom(variant="deepseek-v4.1", layer_ids=list(layer_ids), max_ngram_size=4, n_heads=8,
+                               head_dim=256, vocab_base=vocab_base, compressed_vocab_size=500, pad_id=2,
+                               compressed_pad_id=2, token_map=token_map)
+
+
+def random_fp8(rows: int, cols: int, rng: np.random.Generator) -> torch.Tensor:
+    b = rng.integers(0, 256, size=(rows, cols), dtype=np.uint8)
+    b[(b & 0x7F) == 0x7F] = 0x3C  # no NaN codes
+    return torch.from_numpy(b).view(torch.float8_e4m3fn)
+
+
+def random_scales(rows: int, groups: int, rng: np.random.Generator) -> torch.Tensor:
+    b = rng.integers(118, 136, size=(rows, groups), dtype=np.uint8)
+    return torch.from_numpy(b).view(torch.float8_e8m0fnu)
+
+
+def make_v41_checkpoint(root: Path, *, vocab_base: int = 300, seed: int = 0, scale_name: str = "scale",
+                        scale_u8: bool = False, save_layout: bool = True) -> tuple[Path, EngramLayout]:
+    """Three shards: tables and their scales deliberately in different files."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    lay = small_layout(vocab_base)
+    rng = np.random.default_rng(seed)
+    t = {}
+    for i, layer in enumerate(lay.layer_ids):
+        rows = lay.num_embeddings[i]
+        t[f"layers.{layer}.engram.embed.weight"] = random_fp8(rows, 256, rng)
+        s = random_scales(rows, 8, rng)
+        t[f"layers.{layer}.engram.embed.{scale_name}"] = s.view(torch.uint8) if scale_u8 else s
+        t[f"layers.{layer}.engram.q_weight"] = torch.randn(4, 64, dtype=torch.bfloat16)
+        t[f"layers.{layer}.engram.k_weight"] = torch.randn(4, 64, dtype=torch.bfloat16)
+    t["embed.weight"] = torch.randn(100, 64, dtype=torch.bfloat16)
+    t["norm.weight"] = torch.ones(64, dtype=torch.bfloat16)
+    l1, l14 = lay.layer_ids
+    sn = scale_name
+    shards = {
+        "model-00001-of-00003.safetensors": ["embed.weight", f"layers.{l14}.engram.embed.{sn}", f"layers.{l1}.engram.q_weight"],
+        "model-00002-of-00003.safetensors": [f"layers.{l1}.engram.embed.weight", f"layers.{l1}.engram.k_weight", "norm.weight"],
+        "model-00003-of-00003.safetensors": [f"layers.{l1}.engram.embed.{sn}", f"layers.{l14}.engram.embed.weight",
+                                             f"layers.{l14}.engram.q_weight", f"layers.{l14}.engram.k_weight"],
+    }
+    wm = {}
+    for fname, names in shards.items():
+        save_file({n: t[n].contiguous() for n in names}, str(root / fname), metadata={"format": "pt"})
+        wm.update({n: fname for n in names})
+    total = sum(t[n].numel() * t[n].element_size() for n in wm)
+    (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": wm}))
+    (root / "config.json").write_text(json.dumps({"architectures": ["Test"], "note": "synthetic"}))
+    if save_layout:
+        lay.save(root)
+    return root, lay
+
+
+def read_tables(root: Path) -> dict[str, np.ndarray]:
+    """All tensors of an HF checkpoint as raw bytes (uint8 views), for bit-exact comparisons."""
+    from safetensors import safe_open
+
+    out = {}
+    for f in sorted(Path(root).glob("*.safetensors")):
+        with safe_open(str(f), "pt") as fh:
+            for k in fh.keys():
+                x = fh.get_tensor(k)
+                out[k] = x.contiguous().view(torch.uint8).numpy().copy() if x.dim() else x.view(1).view(torch.uint8).numpy().copy()
+    return out
