@@ -68,12 +68,12 @@ def tiny_qwen4exp(out_dir: Path | None = None, ple: bool = True, vocab_size: int
     torch.manual_seed(0)
     cfg = Qwen4ExpTextConfig(
         vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-        head_dim=16, layer_types=["linear_attention", "full_attention"], linear_conv_kernel_dim=4,
+        head_dim=16, layer_types=["linear_attention", "linear_attention"], hc_lowrank=8, linear_conv_kernel_dim=4,
         linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=2,
         moe_intermediate_size=16, shared_expert_intermediate_size=16, num_experts=2, num_experts_per_tok=1,
         hc_count=2, ple_layer_ids=[1] if ple else [], ple_embed_dim=16, ngram_size=3, heads_per_ngram=2,
         ngram_vocab_size_base=97, make_ngram_vocab_size_divisible_by=8, eos_token_id=0, pad_token_id=0,
-        bos_token_id=0, tie_word_embeddings=False)
+        bos_token_id=0, tie_word_embeddings=False, use_cache=False)
     model = Qwen4ExpForCausalLM(cfg).eval()
     if out_dir is not None:
         model.save_pretrained(str(out_dir))

@@ -46,7 +46,7 @@ def _register() -> None:
     # Command groups: each module exposes register(app). Add one name per module.
     import importlib
 
-    for module_name in ("ablate",):
+    for module_name in ("ablate", "shard"):
         importlib.import_module(f"engram_cli.cli.{module_name}").register(app)
 
 

@@ -82,6 +82,12 @@ def load_model(spec: str | os.PathLike | None = None, *, device: str = "auto", d
     from engram_cli.models.reference import register_auto_classes
 
     register_auto_classes()
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
     path = Path(spec) if spec is not None else demo_model_dir()
     if not path.exists():
         hint = ("the bundled demo model is missing from this install" if spec is None

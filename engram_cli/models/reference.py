@@ -31,6 +31,8 @@ from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 MODEL_TYPE = "engram_ref"
+DEMO_FIELDS = ("engram_variant", "layer_ids", "max_ngram_size", "n_head_per_ngram", "n_embed_per_ngram",
+               "engram_vocab_size", "pad_id", "seed")
 
 
 class EngramConfig(PretrainedConfig):
@@ -70,6 +72,8 @@ class EngramConfig(PretrainedConfig):
         self.kernel_size = kernel_size
         self.engram_layout = engram_layout
         self.initializer_range = initializer_range
+        for key in DEMO_FIELDS:
+            kwargs.pop(key, None)
         super().__init__(
             bos_token_id=bos_token_id,
             eos_token_id=eos_token_id,
@@ -77,6 +81,17 @@ class EngramConfig(PretrainedConfig):
             tie_word_embeddings=tie_word_embeddings,
             **kwargs,
         )
+        if engram_layout:
+            # The reference demo's field names, so `engram build-vocab TOKENIZER --config DIR`
+            # rebuilds exactly this layout from the tokenizer (layout_from_config, deepseek-demo).
+            self.engram_variant = engram_layout["variant"]
+            self.layer_ids = [int(x["layer_id"]) for x in engram_layout["layers"]]
+            self.max_ngram_size = int(engram_layout["max_ngram_size"])
+            self.n_head_per_ngram = int(engram_layout["n_heads"])
+            self.n_embed_per_ngram = int(engram_layout["n_heads"]) * int(engram_layout["head_dim"])
+            self.engram_vocab_size = [int(b) for b in engram_layout.get("vocab_bases", [])]
+            self.pad_id = int(engram_layout["pad_id"])
+            self.seed = int(engram_layout.get("seed", 0))
 
     # convenience views of the layout dict --------------------------------------------
     @property

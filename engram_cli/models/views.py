@@ -39,7 +39,7 @@ class ModelView:
         if self.backbone is not None and self.unembed is not None:
             h = self.backbone(input_ids)
             return self.unembed(h if positions is None else h[positions]).float()
-        logits = self.model(input_ids=input_ids).logits.float()
+        logits = self.model(input_ids=input_ids, use_cache=False).logits.float()
         return logits if positions is None else logits[positions]
 
 
@@ -54,7 +54,7 @@ def _hf_backbone(model: Any) -> Callable[[Any], Any]:
     base = model.model
 
     def run(input_ids):
-        return base(input_ids=input_ids).last_hidden_state
+        return base(input_ids=input_ids, use_cache=False).last_hidden_state
 
     return run
 

@@ -193,3 +193,56 @@ def test_load_layout_errors(tmp_path):
     (tmp_path / "engram_layout.json").write_text("{not json")
     with pytest.raises(BadInputError, match="not a layout"):
         load_layout(tmp_path)
+
+
+def test_demo_preset_matches_reference_demo_sizes(deepseek_token_map):
+    lay = layout_from_preset("deepseek-demo", deepseek_token_map)
+    assert lay.variant == "deepseek-demo"
+    assert lay.layer_ids == (1, 15) and lay.max_ngram_size == 3 and lay.head_dim == 64
+    # formats.md §1.2: 10,344,164 rows for layer 1 and 10,348,242 for layer 15
+    assert lay.num_embeddings == (10_344_164, 10_348_242)
+    assert lay.table_dtype == "fp32"
+    ids = np.arange(1000, 1300).reshape(3, 100)
+    comp = lay.compress(ids)
+    local, glob = straightforward_hash(comp, lay.compressed_pad_id, lay.multipliers, lay.primes, lay.offsets, lay.n_heads)
+    np.testing.assert_array_equal(lay.hash(ids).global_, glob)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    tokens=st.lists(st.integers(0, 299), min_size=1, max_size=30),
+    starts=st.sets(st.integers(0, 29), max_size=4),
+    dead=st.sets(st.integers(0, 29), max_size=4),
+    base=st.sampled_from([700, 20_000, 40_000_000]),
+)
+def test_property_hash_equals_rules_spelled_out(tokens, starts, dead, base):
+    lay = _small(base=base, heads=3)
+    n = len(tokens)
+    starts = sorted(s for s in starts if s < n)
+    dead = {d for d in dead if d < n}
+    mask = np.zeros(n, dtype=bool)
+    mask[list(dead)] = True
+    got = lay.hash(np.array(tokens), seq_starts=starts or None, dead_mask=mask)
+    local, glob = naive_hash_one(tokens, lay.compressed_pad_id, lay.multipliers, lay.primes, lay.offsets, 3,
+                                 starts=starts, dead=dead)
+    np.testing.assert_array_equal(got.local, local)
+    np.testing.assert_array_equal(got.global_, glob)
+    for li in range(2):
+        assert (got.local[:, li, :] < np.asarray(lay.primes[li])).all()
+        assert (got.local >= 0).all()
+
+
+def test_threads_and_chunks_do_not_change_results():
+    from engram_cli.layout import hashing
+
+    lay = _small(base=20_000)
+    ids = np.random.default_rng(2).integers(0, 300, size=(2, 10_000))
+    avail = hashing.available_lookbacks(ids.shape, 4)
+    args = (lay.compressed_pad_id, lay.multipliers, lay.primes, lay.offsets, lay.n_heads)
+    one = hashing.hash_numpy(ids, avail, *args, threads=1)
+    many = hashing.hash_numpy(ids, avail, *args, chunk=777, threads=3)
+    np.testing.assert_array_equal(one[1], many[1])

@@ -107,16 +107,18 @@ def epoch_stream(tok, corpus: DemoCorpus, epoch: int, cfg: DemoTrainConfig) -> t
 
 # ------------------------------------------------------------------------------- building
 def build_model(tok_dir: Path, cfg: DemoTrainConfig):
-    from engram_cli.layout import EngramLayout, build_token_map, load_tokenizer
+    from engram_cli.layout import build_token_map, layout_from_config, load_tokenizer
     from engram_cli.models.reference import EngramConfig, EngramForCausalLM
 
     tok = load_tokenizer(str(tok_dir))
     tm = build_token_map(tok)
     eos_id = tok.token_to_id(EOS)
-    lay = EngramLayout.custom(
-        variant="deepseek-demo", layer_ids=list(cfg.engram_layers), max_ngram_size=cfg.max_ngram_size,
-        n_heads=cfg.n_heads, head_dim=cfg.head_dim, vocab_base=cfg.vocab_base, token_map=tm.lookup,
-        pad_id=eos_id, seed=0)
+    # the same path as `engram build-vocab TOKENIZER --config DIR` (deepseek-demo fields)
+    demo_fields = {"engram_variant": "deepseek-demo", "layer_ids": list(cfg.engram_layers),
+                   "max_ngram_size": cfg.max_ngram_size, "n_head_per_ngram": cfg.n_heads,
+                   "n_embed_per_ngram": cfg.n_heads * cfg.head_dim,
+                   "engram_vocab_size": [cfg.vocab_base] * (cfg.max_ngram_size - 1), "pad_id": eos_id, "seed": 0}
+    lay = layout_from_config(demo_fields, tm)
     config = EngramConfig(
         vocab_size=tm.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,

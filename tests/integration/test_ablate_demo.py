@@ -1,0 +1,45 @@
+"""`engram ablate` on the bundled demo model (a small --limit keeps it fast)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from typer.testing import CliRunner  # noqa: E402
+
+from engram_cli.cli.app import app  # noqa: E402
+from engram_cli.models.loading import demo_model_dir, demo_suites_dir, load_model  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not (demo_model_dir() / "config.json").is_file(), reason="demo model not bundled")
+
+
+def test_demo_model_loads_and_roundtrips(tmp_path):
+    loaded = load_model(None, device="cpu")
+    m = loaded.model
+    assert type(m).__name__ == "EngramForCausalLM" and loaded.tokenizer is not None
+    ids = torch.tensor([loaded.tokenizer.encode("The capital of France is")])
+    with torch.no_grad():
+        a = m(ids).logits
+    m.save_pretrained(str(tmp_path))
+    from engram_cli.models.reference import EngramForCausalLM
+
+    m2 = EngramForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.equal(m2(ids).logits, a)
+    assert sum(p.stat().st_size for p in demo_model_dir().iterdir()) <= 30 * 2**20
+
+
+def test_bundled_suites_present():
+    names = {p.stem for p in demo_suites_dir().glob("*.jsonl")}
+    assert {"capitals_mc", "capitals_qa", "currency_mc", "reading_mc", "reading_gen", "wiki_ppl"} <= names
+
+
+def test_ablate_demo_defaults_limited(tmp_path):
+    r = CliRunner().invoke(app, ["ablate", "--limit", "12", "--device", "cpu", "--json", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["family"] == "engram-reference" and len(doc["tasks"]) == 6
+    assert {"factual", "reading"} <= set(doc["categories"])
+    assert (tmp_path / "o" / "retention.png").is_file()

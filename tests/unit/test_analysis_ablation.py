@@ -1,0 +1,143 @@
+"""Ablation hooks, the evaluator and the retention report on tiny random models."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from models_helpers import tiny_qwen4exp, tiny_reference_model, tiny_suites, tiny_tokenizer  # noqa: E402
+
+from engram_cli.analysis.hooks import capture_means, engram_ablation, resolve_layers  # noqa: E402
+from engram_cli.errors import BadInputError, UsageError  # noqa: E402
+from engram_cli.models.views import view_for  # noqa: E402
+
+
+def _logits(model, x):
+    with torch.no_grad():
+        return model(x).logits.clone()
+
+
+def test_scale_one_is_exact_zero_changes_and_hooks_removed():
+    model = tiny_reference_model()
+    view = view_for(model)
+    x = torch.randint(0, 64, (2, 9))
+    base = _logits(model, x)
+    with engram_ablation(view, [1, 2], mode="scale", alpha=1.0):
+        assert torch.equal(_logits(model, x), base)
+    with engram_ablation(view, [1, 2], mode="zero"):
+        zero = _logits(model, x)
+    assert not torch.allclose(zero, base)
+    assert torch.equal(_logits(model, x), base)
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_zero_equals_model_without_engram_add():
+    """Zero ablation makes the residual add an identity: same as deleting the module."""
+    model = tiny_reference_model()
+    view = view_for(model)
+    x = torch.randint(0, 64, (1, 8))
+    with engram_ablation(view, [1, 2], mode="zero"):
+        zero = _logits(model, x)
+    saved = [(l, l.engram) for l in model.model.layers if l.engram is not None]
+    for l, _ in saved:
+        l.engram = None
+    try:
+        assert torch.allclose(_logits(model, x), zero, atol=1e-6)
+    finally:
+        for l, e in saved:
+            l.engram = e
+
+
+def test_hooks_removed_on_error():
+    model = tiny_reference_model()
+    view = view_for(model)
+    with pytest.raises(RuntimeError):
+        with engram_ablation(view, [1], mode="zero"):
+            raise RuntimeError("boom")
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_mean_scale_and_ngram_order():
+    model = tiny_reference_model()
+    view = view_for(model)
+    x = torch.randint(0, 64, (2, 9))
+    base = _logits(model, x)
+    with capture_means(view, [1, 2]) as means:
+        _logits(model, x)
+    assert means[1].shape == (1, 32)
+    with engram_ablation(view, [1, 2], mode="mean", means=means):
+        mean = _logits(model, x)
+    with engram_ablation(view, [1], mode="scale", alpha=0.5):
+        half = _logits(model, x)
+    with engram_ablation(view, [1, 2], ngram_order=3):
+        o3 = _logits(model, x)
+    assert not torch.allclose(mean, base) and not torch.allclose(half, base) and not torch.allclose(o3, base)
+
+
+def test_unresolved_layers_are_bad_input():
+    view = view_for(tiny_reference_model())
+    assert resolve_layers(view, "all") == [1, 2]
+    assert resolve_layers(view, "2") == [2]
+    with pytest.raises(BadInputError, match=r"\[5\]"):
+        resolve_layers(view, "1,5")
+    with pytest.raises(UsageError):
+        resolve_layers(view, "x")
+
+
+def test_qwen4exp_ple_is_suppressed():
+    model = tiny_qwen4exp()
+    view = view_for(model)
+    x = torch.randint(1, 64, (1, 8))
+    with torch.no_grad():
+        base = model(input_ids=x).logits.clone()
+        with engram_ablation(view, [0], mode="zero"):
+            abl = model(input_ids=x).logits.clone()
+        with engram_ablation(view, [0], mode="scale", alpha=1.0):
+            same = model(input_ids=x).logits.clone()
+        after = model(input_ids=x).logits
+    assert not torch.allclose(base, abl)
+    assert torch.equal(base, same) and torch.equal(base, after)
+
+
+def test_run_ablation_report(tmp_path):
+    from engram_cli.analysis.ablation import SCHEMA, run_ablation
+    from engram_cli.analysis.evaluator import Evaluator
+    from engram_cli.analysis.tasks import resolve_tasks
+    from engram_cli.models.loading import load_text_tokenizer
+
+    tiny_tokenizer(tmp_path / "tok")
+    tok = load_text_tokenizer(tmp_path / "tok", eos_id=0)
+    model = tiny_reference_model(vocab_size=80)
+    view = view_for(model)
+    tasks = resolve_tasks([str(tiny_suites(tmp_path / "suites"))], tmp_path)
+    ev = Evaluator(view, tok, batch_size=3)
+    for mode, alpha in (("scale", 1.0), ("zero", 0.0), ("mean", 0.0)):
+        rep = run_ablation(view, ev, tasks, mode=mode, alpha=alpha)
+        json.dumps(rep)
+        assert rep["schema"] == SCHEMA and {t["task"] for t in rep["tasks"]} == {"caps_mc", "read_gen", "ppl"}
+        for t in rep["tasks"]:
+            if mode == "scale":
+                assert t["baseline"] == t["ablated"] and t["flipped_lost"] == 0
+                assert t["kl_mean"] == pytest.approx(0.0, abs=1e-9)
+        if mode == "zero":
+            assert max(t["kl_mean"] for t in rep["tasks"]) > 0
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_paired_bootstrap():
+    from engram_cli.analysis.ablation import paired_bootstrap
+
+    lo, hi = paired_bootstrap([1.0] * 50 + [0.0] * 50, [1.0] * 25 + [0.0] * 75, lambda b, a: sum(a) / sum(b))
+    assert lo < 0.5 < hi
+
+
+def test_normalize_answer():
+    from engram_cli.analysis.evaluator import normalize_answer
+
+    assert normalize_answer(" The  Paris.") == "paris"
+    assert normalize_answer("An apple, a day") == "apple day"
