@@ -85,8 +85,12 @@ class _Sink:
         self.hash = xxhash.xxh3_128()
         self.pos = 0
         self._progress = progress
+        # test hook: slow writes down so a test can kill a conversion mid-file
+        self._delay = float(os.environ.get("ENGRAM_TEST_WRITE_DELAY", "0") or 0)
 
     def put(self, data) -> None:
+        if self._delay:
+            time.sleep(self._delay)
         mv = memoryview(np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data).cast("B")
         self.fh.write(mv)
         self.hash.update(mv)

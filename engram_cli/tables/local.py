@@ -62,8 +62,9 @@ def execute_local(plan: ShardPlan, src: Source, out_dir: str | Path, *, force: b
     planned = {f.name for f in plan.files} | {LOCAL_JSON}
     if ck.index_path is not None:
         planned.add(ck.index_path.name)
-    small = [p for p in ck.root.iterdir() if p.is_file() and not p.name.endswith(".safetensors")
-             and p.name != LOCAL_JSON and not p.name.startswith(".") and p.stat().st_size < 64 * 2**20]
+    shards = set(ck.files) | ({ck.index_path.name} if ck.index_path else set())
+    small = [p for p in ck.root.iterdir() if p.is_file() and p.name not in shards
+             and p.name != LOCAL_JSON and p.name != "engram-shards.json" and not p.name.startswith(".") and p.stat().st_size < 64 * 2**20]
     planned |= {p.name for p in small}
     stale = prepare_out_dir(out, src.path, planned, force)
     t0 = time.perf_counter()

@@ -38,13 +38,22 @@ def _names(source: Source, t: TableInfo) -> tuple[str, str | None]:
     fam = FAMILIES.get(t.family) or FAMILIES["deepseek-v4.1"]
     w = render(fam.weight[0], prefix=t.prefix, layer=t.layer_id)
     s = render(fam.scale[0], prefix=t.prefix, layer=t.layer_id) if fam.scale else None
-    if t.source_names and source.format == "hf" and len(t.weight) == 1:
-        w = t.source_names[0]
-        if len(t.source_names) > 1 and t.encoding.scale_dtype:
-            s = t.source_names[1]
+    names = t.source_names if source.format == "hf" and len(t.weight) == 1 else _manifest_names(source, t)
+    if names:
+        w = names[0]
+        if len(names) > 1 and t.encoding.scale_dtype:
+            s = names[1]
     if s is None:
         s = w.removesuffix(".weight") + ".scale" if w.endswith(".weight") else w + ".scale"
     return w, s
+
+
+def _manifest_names(source: Source, t: TableInfo) -> tuple[str, ...]:
+    """Original tensor names of a whole (unsplit) table recorded by an earlier conversion."""
+    for td in (source.manifest or {}).get("tables", []):
+        if int(td["layer"]) == t.layer_id and not td.get("source_parts"):
+            return tuple(td.get("source_names") or ())
+    return ()
 
 
 def _need_geos(geos: tuple[Geometry, ...], what: str) -> None:
@@ -138,7 +147,8 @@ def plan_hf(source: Source, geos: tuple[Geometry, ...], *, dtype: str = "keep", 
     if source.checkpoint is not None and not engram_only:
         root = source.checkpoint.root
         for p in sorted(root.iterdir()):
-            if p.is_file() and not p.name.endswith(".safetensors") and p.name != HF_INDEX and not p.name.startswith("."):
+            if p.is_file() and p.name not in source.checkpoint.headers and p.name != HF_INDEX \
+                    and not p.name.startswith(".") and p.name != "engram-shards.json":
                 if p.name == "config.json" and split_parts:
                     rewrites.append((str(p), p.name, _rewrite_split_parts(p, split_parts)))
                 else:
