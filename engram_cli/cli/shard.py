@@ -39,7 +39,8 @@ SplitOpt = Annotated[Optional[int], typer.Option("--split-parts", help="hf, Qwen
 EngramOnlyOpt = Annotated[bool, typer.Option("--engram-only", help="hf: write only the Engram tables.", rich_help_panel="Target")]
 GgufTypeOpt = Annotated[str, typer.Option("--gguf-type", help="gguf: raw (I8 264-byte rows) or q8_0.", rich_help_panel="Target")]
 GgufNameOpt = Annotated[str, typer.Option("--gguf-name", help="gguf: output file name.", rich_help_panel="Target")]
-ProjOpt = Annotated[bool, typer.Option("--with-projections", help="gguf: also write engram_q/engram_k (BF16).", rich_help_panel="Target")]
+ProjOpt = Annotated[bool, typer.Option("--with-projections", help="gguf: also write engram_q/k/wkv; hf: write an fp8 engram.wkv (32x32 block scales) dequantised to BF16.", rich_help_panel="Target")]
+ChecksumOpt = Annotated[str, typer.Option("--checksum", help="Per-file checksum recorded in the manifest: xxh3 (xxh3-128) or sha256.", rich_help_panel="Target")]
 
 
 def _options(source, to, from_, family, key, scale_key, layout, config, preset, dtype, max_shard_size, ranks, policy,
@@ -114,6 +115,7 @@ def convert(
     block_size: Annotated[str, typer.Option("--block-size", help="Rows are streamed in blocks of this many bytes.")] = "64MB",
     verify: Annotated[str, typer.Option("--verify", help="quick (sizes, headers), full (checksums and rows against the source) or none.")] = "quick",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output (stale files removed).")] = False,
+    checksum: ChecksumOpt = "xxh3",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and write nothing.")] = False,
     json_: JsonOption = False,
     quiet: QuietOption = False,
@@ -121,11 +123,15 @@ def convert(
     """Convert or shard the Engram tables of SOURCE into --out (plan, then write, manifest last)."""
     from engram_cli.errors import UsageError
     from engram_cli.tables.api import plan_doc, prepare
+    from engram_cli.tables.manifest import checksum_algorithm
     from engram_cli.tables.units import parse_size
 
     out = Output(json_, quiet)
     if verify not in ("quick", "full", "none"):
         raise UsageError(f"unknown --verify {verify!r}", hint="quick, full or none")
+    algo = checksum_algorithm(checksum) if checksum in ("xxh3", "sha256") else None
+    if algo is None:
+        raise UsageError(f"unknown --checksum {checksum!r}", hint="xxh3 (xxh3-128, the default) or sha256")
     opts = _options(source, to, from_, family, key, scale_key, layout, config, preset, dtype, max_shard_size, ranks,
                     policy, edp, rank, head_format, packing, split_parts, engram_only, gguf_type, gguf_name,
                     with_projections)
@@ -143,14 +149,17 @@ def convert(
         if to == "local":
             from engram_cli.tables.local import execute_local
 
-            res = execute_local(prep.plan, prep.source, out_dir, force=force, block_bytes=block, progress=cb)
+            res = execute_local(prep.plan, prep.source, out_dir, force=force, block_bytes=block, progress=cb,
+                                checksum=algo)
         else:
             from engram_cli.tables.execute import execute
 
             res = execute(prep.plan, prep.source, out_dir, force=force, block_bytes=block, progress=cb,
-                          verify=verify, layout=prep.layout if to in ("hf", "ranks", "heads", "packed") else None)
+                          verify=verify, layout=prep.layout if to in ("hf", "ranks", "heads", "packed") else None,
+                          checksum=algo)
     doc = {"schema": SCHEMA, "target": to, "out_dir": str(res.out_dir), "manifest": str(res.manifest_path),
-           "files": [{"name": f.name, "bytes": f.bytes, "xxh3_128": f.xxh3_128} for f in res.files],
+           "checksum": algo,
+           "files": [{"name": f.name, "bytes": f.bytes, **f.checksum_doc()} for f in res.files],
            "bytes_written": res.bytes_written, "seconds": round(res.seconds, 3),
            "throughput_bytes_per_s": round(res.throughput), "verified": res.verified, "removed_stale": res.removed}
     if json_:
@@ -161,9 +170,9 @@ def convert(
     t = Table(title=f"wrote {len(res.files)} files to {escape(res.out_dir)}")
     t.add_column("file")
     t.add_column("bytes", justify="right")
-    t.add_column("xxh3-128")
+    t.add_column(algo)
     for f in res.files[:40]:
-        t.add_row(escape(f.name), _fmt(f.bytes), f.xxh3_128)
+        t.add_row(escape(f.name), _fmt(f.bytes), f.digest)
     if len(res.files) > 40:
         t.add_row(f"… {len(res.files) - 40} more", "", "")
     out.print(t)

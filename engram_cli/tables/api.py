@@ -62,7 +62,8 @@ def prepare(o: ShardOptions) -> Prepared:
     geos = resolve(src.tables, src.geometries, layout)
     if o.to == "hf":
         plan = planners.plan_hf(src, geos, dtype=o.dtype, max_shard_size=parse_size(o.max_shard_size),
-                                engram_only=o.engram_only, split_parts=o.split_parts)
+                                engram_only=o.engram_only, split_parts=o.split_parts,
+                                with_projections=o.with_projections)
     elif o.to == "ranks":
         if not o.ranks or not o.policy:
             raise UsageError("--to ranks needs --ranks P and --policy", hint="policies: " + ", ".join(POLICIES))
@@ -100,10 +101,20 @@ def plan_doc(plan: ShardPlan) -> dict:
                                     "pieces": [[p.start, p.stop, p.head] for p in t.source.pieces],
                                     "pad_rows": t.source.pad_rows,
                                     "heads": list(t.source.heads) if t.source.heads else None}
-                                   if hasattr(t.source, "layer") else {"copy": True})} for t in f.tensors]}
+                                   if hasattr(t.source, "layer") else _source_doc(t.source))} for t in f.tensors]}
                   for f in plan.files],
         "total_bytes": plan.total_bytes,
     }
+
+
+def _source_doc(src: Any) -> dict:
+    from engram_cli.tables.plan import TensorBytes, TileDequant
+
+    if isinstance(src, TileDequant):
+        return {"dequantise": {"from": src.weight, "scale": src.scale, "tile": [src.tile, src.tile], "dtype": src.dtype}}
+    if isinstance(src, TensorBytes):
+        return {"constant": src.origin}
+    return {"copy": True}
 
 
 def out_path(p: str | Path) -> Path:

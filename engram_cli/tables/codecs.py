@@ -13,11 +13,23 @@ Semantics and error bounds (``docs/shard.md`` repeats them):
   codes and ``<= 2**(e-10)`` in the subnormal range. Re-encoding a decoded fp8 table gives the
   same values (possibly a smaller-exponent scale when a group's largest code is below 224).
 - float -> int8 group-32: ``scale = amax/127`` (fp32), ``q = round(x/scale)``:
-  ``|err| <= amax/254`` per group.
+  ``|err| <= amax/254`` per group (plus fp32 rounding, ``<= 2**-23 * amax``).
 - fp32 -> bf16: round to nearest even, relative error ``<= 2**-8``.
+
+Speed: fp8-e4m3 x e8m0 -> bf16/fp32 goes through a 65536-entry table indexed by
+``(scale_byte << 8) | code`` that holds the exact output bits (:func:`e4m3_e8m0_lut`), applied
+with numpy over cache-sized row chunks; it is bit-identical to the torch reference
+(:func:`decode_reference`) for all 256 x 256 (code, scale) pairs, NaN codes, scale bytes 0 and
+255, subnormal results and negative zero included (tested). Other directions run the torch
+codec over cache-sized row chunks with one intra-op thread (:func:`codec_threads`): on a
+shared machine, OpenMP workers waiting for a busy core cost more than they gain.
 """
 
 from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Iterator
 
 import numpy as np
 
@@ -46,16 +58,49 @@ def target_encoding(src: Encoding, dtype: str) -> Encoding:
 def check_convertible(src: Encoding, dst: Encoding, what: str = "table") -> None:
     if src == dst:
         return
+    if src.pack != 1:
+        raise UsageError(f"{what}: {src.name} tables are re-partitioned as stored, not converted", hint="use --dtype keep")
     if src.weight_dtype == "F8_E4M3" and src.scale_dtype is None:
         raise UsageError(f"{what}: fp8 without per-row-group scales cannot be converted; use --dtype keep")
     if src.scale_dtype is not None and src.weight_dtype not in ("F8_E4M3", "I8"):
         raise UsageError(f"{what}: unsupported source encoding {src.name}")
 
 
+# ---------------------------------------------------------------- torch, one intra-op thread
+_THREADS: int | None = None
+
+
 def _torch():
     import torch
 
+    if _THREADS is not None and torch.get_num_threads() != _THREADS:
+        torch.set_num_threads(_THREADS)
     return torch
+
+
+@contextlib.contextmanager
+def codec_threads(n: int = 1) -> Iterator[None]:
+    """Run torch codecs with ``n`` intra-op threads inside the block (restored afterwards).
+
+    Blocks are converted in cache-sized chunks; on a machine whose cores are shared, OpenMP
+    workers spinning for a descheduled peer made chunked torch ops 10-100x slower.
+    """
+    import sys
+
+    global _THREADS
+    prev_flag = _THREADS
+    torch = sys.modules.get("torch")
+    prev = torch.get_num_threads() if torch is not None else None
+    _THREADS = n
+    try:
+        yield
+    finally:
+        _THREADS = prev_flag
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            want = prev if prev is not None else (prev_flag or torch.get_num_threads())
+            if prev is not None and torch.get_num_threads() != want:
+                torch.set_num_threads(want)
 
 
 def _tdtype(st: str):
@@ -66,8 +111,106 @@ def _tdtype(st: str):
     }[st]
 
 
+# ---------------------------------------------------------------- fp8-e4m3 x e8m0 lookup tables
+CHUNK_ELEMS = 1 << 18  # elements per codec chunk: index, table and output stay in L2
+
+
+def is_fp8_e8m0(enc: Encoding) -> bool:
+    return enc.weight_dtype == "F8_E4M3" and enc.scale_dtype in ("F8_E8M0", "U8") and enc.pack == 1
+
+
+def e4m3_values() -> np.ndarray:
+    """The 256 fp8-e4m3fn code values as float64 (NaN for ``(c & 127) == 127``, -0.0 for 0x80)."""
+    c = np.arange(256)
+    e, m = (c >> 3) & 15, c & 7
+    mag = np.where(e == 0, m * 2.0**-9, np.ldexp(1.0 + m / 8.0, e - 7))
+    v = np.where(c & 128, -mag, mag)
+    v[(c & 127) == 127] = np.nan
+    return v
+
+
+@functools.lru_cache(maxsize=None)
+def e4m3_e8m0_lut(out_dtype: str) -> np.ndarray:
+    """Exact output bits of ``e4m3(code) * e8m0(scale)`` for index ``(scale << 8) | code``.
+
+    ``F32``: uint32, the IEEE product (exact; +-inf past fp32, subnormal results kept); e4m3 NaN
+    codes give torch's widened NaN ``0x7FF00000 | sign``, scale byte 255 ``0x7FC00000`` (for every
+    code), scale
+    byte 0 a zero with the code's sign. ``BF16``: uint16, the fp32 product rounded to nearest
+    even (only subnormal bf16 results round), every NaN as ``0xFFFF`` (torch's vectorised
+    fp32 -> bf16 cast; its scalar kernel, which it picks for some other shapes, writes 0x7FC0).
+    Both are what :func:`decode_reference` computes at the table layout, for all 65536 pairs.
+    """
+    c = np.arange(256)
+    val = e4m3_values()
+    scale = np.ldexp(1.0, np.arange(256) - 127)
+    scale[0], scale[255] = 0.0, np.nan
+    with np.errstate(over="ignore", invalid="ignore"):
+        f32 = (scale[:, None] * val[None, :]).astype(np.float32)  # [scale, code]; exact in float64
+    bits = f32.view(np.uint32).copy()
+    nan_code = (c & 127) == 127
+    if out_dtype == "F32":
+        bits[:, nan_code] = np.uint32(0x7FF00000) | (c[nan_code].astype(np.uint32) >> 7 << 31)
+        bits[255, :] = 0x7FC00000  # a NaN scale wins, also over a NaN code
+        return bits.reshape(-1)
+    if out_dtype != "BF16":
+        raise ValueError(out_dtype)
+    b = bits.astype(np.uint64)
+    out = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+    out[np.isnan(f32)] = 0xFFFF
+    return out.reshape(-1)
+
+
+def lut_decode(w: np.ndarray, s: np.ndarray, group: int, out_dtype: str) -> np.ndarray:
+    """fp8-e4m3 bytes ``w [n, C]`` with e8m0 bytes ``s [n, ceil(C/group)]`` (one per ``group``
+    columns of a row) -> output bits ``[n, C]`` (uint16 bf16 or uint32 fp32), chunk by chunk."""
+    lut = e4m3_e8m0_lut(out_dtype)
+    n, cols = w.shape
+    g = s.shape[1]
+    out = np.empty((n, cols), lut.dtype)
+    if n == 0:
+        return out
+    ch = max(1, min(n, CHUNK_ELEMS // max(1, cols)))
+    idx = np.empty((ch, cols), np.uint16)
+    hi = np.empty((ch, g), np.uint16)
+    even = cols == g * group
+    for a in range(0, n, ch):
+        b = min(n, a + ch)
+        k = b - a
+        np.left_shift(s[a:b], 8, out=hi[:k], dtype=np.uint16)
+        if even:
+            np.bitwise_or(w[a:b].reshape(k, g, group), hi[:k, :, None], out=idx[:k].reshape(k, g, group))
+        else:  # a partial last group (32x32 tiles of a matrix whose width is not a multiple of 32)
+            np.bitwise_or(w[a:b], np.repeat(hi[:k], group, axis=1)[:, :cols], out=idx[:k])
+        np.take(lut, idx[:k], out=out[a:b], mode="clip")
+    return out
+
+
+def dequant_tiles(w: np.ndarray, s_tiles: np.ndarray, row0: int, tile: int = 32, out_dtype: str = "BF16") -> np.ndarray:
+    """Rows ``[row0, row0 + n)`` of an fp8-e4m3 matrix with ``tile x tile`` e8m0 block scales
+    (``s_tiles`` holds tile rows ``row0 // tile ..``) -> bf16/fp32 bits ``[n, C]``.
+
+    Element ``(r, c)`` uses scale ``[r // tile, c // tile]`` (DeepSeek ``wkv.scale``), with the
+    same per-element semantics as the table codec (exact; byte 0 -> 0, 255 -> NaN).
+    """
+    n = w.shape[0]
+    rows = (np.arange(row0, row0 + n) // tile) - row0 // tile
+    return lut_decode(w, s_tiles[rows], tile, out_dtype)
+
+
+# ---------------------------------------------------------------- decode / encode
 def decode(src: Encoding, dim: int, w: np.ndarray, s: np.ndarray | None, out_dtype: str = "F32"):
     """uint8 blocks -> float tensor ``[n, dim]`` in ``out_dtype`` (BF16 or F32)."""
+    if s is not None and is_fp8_e8m0(src) and out_dtype in ("BF16", "F32"):
+        torch = _torch()
+        n = w.shape[0]
+        bits = lut_decode(w.reshape(n, dim), s.reshape(n, -1), src.group, out_dtype)
+        return torch.from_numpy(bits.view(np.int16 if out_dtype == "BF16" else np.int32)).view(_tdtype(out_dtype))
+    return decode_reference(src, dim, w, s, out_dtype)
+
+
+def decode_reference(src: Encoding, dim: int, w: np.ndarray, s: np.ndarray | None, out_dtype: str = "F32"):
+    """The straightforward torch codec (the ground truth the lookup tables are tested against)."""
     torch = _torch()
     n = w.shape[0]
     tw = torch.from_numpy(w).view(_tdtype(src.weight_dtype)).reshape(n, dim)
@@ -94,6 +237,19 @@ def decode(src: Encoding, dim: int, w: np.ndarray, s: np.ndarray | None, out_dty
     return x.reshape(n, dim).to(_tdtype(out_dtype))
 
 
+def _group_scales(xf, dst: Encoding):
+    """Per-group scales of ``xf [n, groups, group]`` (fp32): (e8m0 bytes int32, or int8 fp32 scales)."""
+    torch = _torch()
+    amax = xf.abs().amax(dim=2)
+    if dst.weight_dtype == "F8_E4M3":
+        ratio = amax / 448.0
+        mant, exp = torch.frexp(ratio)  # ratio = mant * 2**exp, mant in [0.5, 1)
+        e = torch.where(mant == 0.5, exp - 1, exp).to(torch.int32)
+        e = torch.where(amax > 0, e, torch.zeros_like(e))
+        return (e + 127).clamp(1, 254)
+    return torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+
+
 def encode(x, dst: Encoding, dim: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Float tensor ``[n, dim]`` -> (weight uint8 ``[n, wbytes]``, scale uint8 ``[n, sbytes]`` or None)."""
     torch = _torch()
@@ -103,32 +259,74 @@ def encode(x, dst: Encoding, dim: int) -> tuple[np.ndarray, np.ndarray | None]:
         return w.view(torch.uint8).numpy().reshape(n, -1), None
     g = dst.group
     xf = x.to(torch.float32).reshape(n, dim // g, g)
-    amax = xf.abs().amax(dim=2)
     if dst.weight_dtype == "F8_E4M3":
-        ratio = amax / 448.0
-        mant, exp = torch.frexp(ratio)  # ratio = mant * 2**exp, mant in [0.5, 1)
-        e = torch.where(mant == 0.5, exp - 1, exp).to(torch.int32)
-        e = torch.where(amax > 0, e, torch.zeros_like(e))
-        sbyte = (e + 127).clamp(1, 254)
+        sbyte = _group_scales(xf, dst)
         e = sbyte - 127
         inv = ((127 - e) << 23).view(torch.float32)  # 2**-e, exact
         q = (xf * inv.unsqueeze(2)).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
         w = q.reshape(n, dim).view(torch.uint8).numpy()
         return w, sbyte.to(torch.uint8).numpy()
     if dst.weight_dtype == "I8":
-        scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+        scale = _group_scales(xf, dst)
         q = torch.round(xf / scale.unsqueeze(2)).clamp(-127, 127).to(torch.int8)
         w = q.reshape(n, dim).view(torch.uint8).numpy()
         return w, scale.contiguous().view(torch.uint8).numpy().reshape(n, -1)
     raise UsageError(f"cannot encode to {dst.name}")
 
 
+def _mid(src: Encoding, dst: Encoding) -> str:
+    return "BF16" if dst.weight_dtype == "BF16" and src.weight_dtype in ("F8_E4M3", "BF16") else "F32"
+
+
+def _passthrough(src: Encoding, dst: Encoding) -> bool:
+    return src == dst or (is_fp8_e8m0(src) and is_fp8_e8m0(dst) and src.group == dst.group)  # U8 <-> F8_E8M0: same bytes
+
+
+def _chunks(n: int, dim: int):
+    ch = max(1, CHUNK_ELEMS // max(1, dim))
+    for a in range(0, n, ch):
+        yield a, min(n, a + ch)
+
+
 def convert(src: Encoding, dst: Encoding, dim: int, w: np.ndarray, s: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Convert one row block. Same encoding: the bytes pass through unchanged."""
-    if src == dst:
+    """Convert one row block. Same encoding: the bytes pass through unchanged.
+
+    fp8 x e8m0 -> bf16/fp32 uses the lookup tables (numpy only); every other direction runs
+    the torch codec over cache-sized row chunks into preallocated outputs.
+    """
+    if _passthrough(src, dst):
         return w, s
-    if src.weight_dtype == "F8_E4M3" and src.scale_dtype in ("F8_E8M0", "U8") and dst.weight_dtype == "F8_E4M3" \
-            and dst.scale_dtype in ("F8_E8M0", "U8") and src.group == dst.group:
-        return w, s  # U8 <-> F8_E8M0 scales: same bytes
-    mid = "BF16" if dst.weight_dtype == "BF16" and src.weight_dtype in ("F8_E4M3", "BF16") else "F32"
-    return encode(decode(src, dim, w, s, mid), dst, dim)
+    n = w.shape[0]
+    if s is not None and is_fp8_e8m0(src) and dst.scale_dtype is None and dst.weight_dtype in ("BF16", "F32"):
+        bits = lut_decode(w.reshape(n, dim), s.reshape(n, -1), src.group, dst.weight_dtype)
+        return bits.view(np.uint8).reshape(n, -1), None
+    mid = _mid(src, dst)
+    ch = max(1, CHUNK_ELEMS // max(1, dim))
+    if n <= ch:
+        return encode(decode(src, dim, w, s, mid), dst, dim)
+    wo = np.empty((n, dst.weight_row_bytes(dim)), np.uint8)
+    so = np.empty((n, dst.scale_row_bytes(dim)), np.uint8) if dst.scale_dtype else None
+    for a, b in _chunks(n, dim):
+        ww, ss = encode(decode(src, dim, w[a:b], s[a:b] if s is not None else None, mid), dst, dim)
+        wo[a:b] = ww
+        if so is not None:
+            so[a:b] = ss
+    return wo, so
+
+
+def convert_scales(src: Encoding, dst: Encoding, dim: int, w: np.ndarray, s: np.ndarray | None) -> np.ndarray:
+    """Only the scale bytes :func:`convert` would give (same arithmetic, no quantised weights)."""
+    if _passthrough(src, dst):
+        return s
+    if dst.scale_dtype is None:
+        raise UsageError(f"{dst.name} has no scales")
+    torch = _torch()
+    n = w.shape[0]
+    mid = _mid(src, dst)
+    g = dst.group
+    so = np.empty((n, dst.scale_row_bytes(dim)), np.uint8)
+    for a, b in _chunks(n, dim):
+        xf = decode(src, dim, w[a:b], s[a:b] if s is not None else None, mid).to(torch.float32).reshape(b - a, dim // g, g)
+        sc = _group_scales(xf, dst)
+        so[a:b] = (sc.to(torch.uint8) if dst.weight_dtype == "F8_E4M3" else sc.contiguous()).numpy().view(np.uint8).reshape(b - a, -1)
+    return so

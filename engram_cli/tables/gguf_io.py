@@ -18,7 +18,7 @@ import numpy as np
 from engram_cli.errors import BadInputError, UsageError
 from engram_cli.tables.model import Encoding, Geometry, Segment, TableInfo
 from engram_cli.tables.names import GGUF_PROJ, GGUF_TABLE, render
-from engram_cli.tables.plan import OutFile, OutTensor, ShardPlan, TableSlice, TensorCopy
+from engram_cli.tables.plan import OutFile, OutTensor, ShardPlan, TableSlice
 from engram_cli.tables.policies import Piece
 
 ARCH = "deepseek41"
@@ -69,21 +69,17 @@ def plan_gguf(src, geos: tuple[Geometry, ...], layout: Any, *, gguf_type: str = 
                                  f"(got {t.encoding.name}); use --gguf-type q8_0")
             tensors.append(OutTensor(gname, "I8", (t.rows, 264), TableSlice(t.layer_id, (Piece(0, t.rows),), "rows", t.encoding), 264))
         else:
+            if t.encoding.pack != 1:
+                raise UsageError(f"layer {t.layer_id}: {t.encoding.name} tables are not converted to Q8_0")
             if t.dim % 32:
                 raise UsageError(f"layer {t.layer_id}: Q8_0 needs a row width divisible by 32")
             rb = t.dim // 32 * 34
             tensors.append(OutTensor(gname, "Q8_0", (t.rows, rb), TableSlice(t.layer_id, (Piece(0, t.rows),), "q8_0", t.encoding), rb))
         if with_projections:
-            if src.checkpoint is None:
-                raise UsageError("--with-projections needs an HF checkpoint source")
-            for key, tmpl in GGUF_PROJ.items():
-                sname = f"{t.prefix}layers.{t.layer_id}.engram.{key}"
-                if sname not in src.checkpoint.weight_map:
-                    continue
-                e = src.checkpoint.entry(sname)
-                if e.dtype not in ("BF16", "F16", "F32"):
-                    raise UsageError(f"{sname}: {e.dtype} projections are not converted to GGUF yet (only BF16/F16/F32)")
-                tensors.append(OutTensor(render(tmpl, layer=t.layer_id), e.dtype, e.shape, TensorCopy(sname)))
+            from engram_cli.tables.planners import projection_tensors
+
+            for key, ot, _scale in projection_tensors(src, t):
+                tensors.append(OutTensor(render(GGUF_PROJ[key], layer=t.layer_id), ot.dtype, ot.shape, ot.source, ot.row_bytes))
     if gguf_type == "raw":
         kv.append((PREFIX + "encoding", RAW_ENCODING, T.STRING, None))
     f = OutFile(name, "gguf", tuple(tensors), gguf_kv=tuple(kv))

@@ -1,6 +1,7 @@
 """Node-local sparse copies: same shard names and sizes, headers copied verbatim, only one
-rank's rows of each table (weight and scale) written at their original byte offsets, plus
-``engram-local.json``; every written region is compared byte for byte with the source."""
+rank's rows of each table (weight and scale) written at their original byte offsets (and a
+table's NVFP4 ``weight_scale_2`` scalars whole), plus ``engram-local.json``; every written
+region is compared byte for byte with the source."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from engram_cli.fsutil import atomic_path, write_json_atomic
 from engram_cli.progress import ProgressCallback
 from engram_cli.tables.manifest import WrittenFile, WrittenTensor, build_manifest, write_manifest
 from engram_cli.tables.model import Geometry
-from engram_cli.tables.plan import OutFile, OutTensor, ShardPlan, TableSlice
+from engram_cli.tables.plan import OutFile, OutTensor, ShardPlan, TableSlice, TensorCopy
 from engram_cli.tables.planners import table_ranges
 from engram_cli.tables.rows import DEFAULT_BLOCK_BYTES, RowReader, iter_blocks
 from engram_cli.tables.source import Source
@@ -45,6 +46,11 @@ def plan_local(src: Source, geos: tuple[Geometry, ...], *, policy: str | None, w
                     fname = Path(seg.path).name
                     n = sum(p.rows for p in pieces)
                     by_file[fname].append(OutTensor(seg.tensor, "U8", (n, rb), TableSlice(layer, pieces, part, t.encoding), rb))
+        if t.global_scale is not None:  # every rank needs the NVFP4 scalar(s)
+            for name in t.source_names:
+                if name.endswith("." + t.global_scale.suffix):
+                    e = src.checkpoint.entry(name)
+                    by_file[src.checkpoint.weight_map[name]].append(OutTensor(name, e.dtype, e.shape, TensorCopy(name), e.nbytes))
     files = tuple(OutFile(f, "sparse", tuple(ts), info=(("size", src.checkpoint.headers[f].file_size),))
                   for f, ts in by_file.items())
     return ShardPlan(target="local", source=str(src.path), source_format="hf", tables=src.tables, geometries=geos,
@@ -53,10 +59,14 @@ def plan_local(src: Source, geos: tuple[Geometry, ...], *, policy: str | None, w
 
 
 def execute_local(plan: ShardPlan, src: Source, out_dir: str | Path, *, force: bool = False,
-                  block_bytes: int = DEFAULT_BLOCK_BYTES, progress: ProgressCallback | None = None):
+                  block_bytes: int = DEFAULT_BLOCK_BYTES, progress: ProgressCallback | None = None,
+                  checksum: str = "xxh3"):
     from engram_cli.tables.execute import ShardResult, prepare_out_dir
     from engram_cli.tables.verify import file_digest
 
+    from engram_cli.tables.manifest import checksum_algorithm
+
+    algo = checksum_algorithm(checksum)
     out = Path(out_dir)
     ck = src.checkpoint
     planned = {f.name for f in plan.files} | {LOCAL_JSON}
@@ -84,6 +94,11 @@ def execute_local(plan: ShardPlan, src: Source, out_dir: str | Path, *, force: b
                     for ot in f.tensors:
                         e = hd.tensors[ot.name]
                         sl = ot.source
+                        if isinstance(sl, TensorCopy):
+                            fh.seek(e.offset)
+                            fh.write(rd.read_bytes(str(hd.path), e.offset, e.nbytes))
+                            wts.append((ot, e.offset))
+                            continue
                         first = None
                         for p in sl.pieces:
                             for a, b in iter_blocks(p.start, p.stop, max(1, block_bytes // ot.row_bytes)):
@@ -99,6 +114,10 @@ def execute_local(plan: ShardPlan, src: Source, out_dir: str | Path, *, force: b
                 # byte-for-byte check of every written region against the source
                 for ot, first in wts:
                     e = hd.tensors[ot.name]
+                    if isinstance(ot.source, TensorCopy):
+                        if bytes(rd.read_bytes(str(hd.path), e.offset, e.nbytes)) != bytes(back.read_bytes(str(tmp), e.offset, e.nbytes)):
+                            raise VerificationError(f"{f.name}: tensor {ot.name} differs from the source after writing")
+                        continue
                     for p in ot.source.pieces:
                         off = e.offset + (p.start - _seg_start(tables[ot.source.layer], ot.source.part, ot.name)) * ot.row_bytes
                         for a, b in iter_blocks(0, p.rows * ot.row_bytes, block_bytes):
@@ -107,11 +126,14 @@ def execute_local(plan: ShardPlan, src: Source, out_dir: str | Path, *, force: b
                             if not np.array_equal(x, y):
                                 raise VerificationError(f"{f.name}: tensor {ot.name} rows differ from the source after writing")
                 back.close()
-                digest = file_digest(tmp, block_bytes)
+                digest = file_digest(tmp, block_bytes, None, algo)
             tensors = []
             for ot, _first in wts:
                 e = hd.tensors[ot.name]
                 sl = ot.source
+                if isinstance(sl, TensorCopy):
+                    tensors.append(WrittenTensor(ot.name, e.dtype, e.shape, e.offset, e.nbytes, e.nbytes, None))
+                    continue
                 s0 = _seg_start(tables[sl.layer], sl.part, ot.name)
                 for p in sl.pieces:
                     tensors.append(WrittenTensor(ot.name, e.dtype, e.shape, e.offset + (p.start - s0) * ot.row_bytes,
@@ -119,7 +141,7 @@ def execute_local(plan: ShardPlan, src: Source, out_dir: str | Path, *, force: b
                                                  {"layer": sl.layer, "part": sl.part, "dim": tables[sl.layer].dim,
                                                   "encoding": sl.encoding.to_dict(), "pieces": [[p.start, p.stop, p.head]],
                                                   "pad_rows": 0, "heads": None, "rows": [p.start, p.stop]}))
-            written.append(WrittenFile(f.name, "sparse", hd.file_size, digest, tuple(tensors), {}))
+            written.append(WrittenFile(f.name, "sparse", hd.file_size, digest, tuple(tensors), {}, algo))
     if ck.index_path is not None:
         with atomic_path(out / ck.index_path.name) as tmp:
             shutil.copyfile(ck.index_path, tmp)

@@ -1,22 +1,55 @@
 """``engram-shards.json``: what a conversion wrote, written last.
 
 Records the source fingerprint, layout summary, policy, every file with its byte size and
-xxh3-128 checksum, and every table tensor with its layer, row pieces, head range, encoding,
+checksum (``"checksum": "xxh3-128"`` with the digest under ``"xxh3_128"``, the default, or
+``"checksum": "sha256"`` with ``"sha256"``; a file without ``"checksum"`` is xxh3-128), and
+every table tensor with its layer, row pieces, head range, encoding,
 byte offset and row stride, so that the output can be read back as a source and verified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import xxhash
+
 from engram_cli import __version__
-from engram_cli.errors import BadInputError
+from engram_cli.errors import BadInputError, UsageError
 from engram_cli.fsutil import write_json_atomic
 
 MANIFEST = "engram-shards.json"
 SCHEMA = "engram-shards/1"
+
+# --checksum choice -> (algorithm name recorded per file, manifest key of the hex digest)
+CHECKSUMS = {"xxh3": ("xxh3-128", "xxh3_128"), "sha256": ("sha256", "sha256")}
+_BY_ALGO = {algo: key for algo, key in CHECKSUMS.values()}
+
+
+def checksum_algorithm(choice: str) -> str:
+    """``xxh3``/``sha256`` (the CLI choice) or an algorithm name -> the recorded algorithm name."""
+    if choice in CHECKSUMS:
+        return CHECKSUMS[choice][0]
+    if choice in _BY_ALGO:
+        return choice
+    raise UsageError(f"unknown --checksum {choice!r}", hint="xxh3 (xxh3-128, the default) or sha256")
+
+
+def new_hasher(algorithm: str):
+    """A streaming hasher (``update``/``hexdigest``) for a recorded algorithm name."""
+    algorithm = checksum_algorithm(algorithm)
+    return xxhash.xxh3_128() if algorithm == "xxh3-128" else hashlib.sha256()
+
+
+def file_checksum(doc: dict) -> tuple[str, str | None]:
+    """(algorithm, expected hex digest) of one manifest file entry."""
+    algo = doc.get("checksum", "xxh3-128")
+    if algo not in _BY_ALGO:
+        raise BadInputError(f"{MANIFEST}: file {doc.get('name')!r} has unknown checksum algorithm {algo!r}",
+                            hint="known: " + ", ".join(_BY_ALGO))
+    return algo, doc.get(_BY_ALGO[algo])
 
 
 @dataclass(frozen=True)
@@ -42,12 +75,20 @@ class WrittenFile:
     name: str
     format: str
     bytes: int
-    xxh3_128: str
+    digest: str  # hex digest of the whole file, by ``checksum``
     tensors: tuple[WrittenTensor, ...]
     info: dict
+    checksum: str = "xxh3-128"  # algorithm: xxh3-128 or sha256
+
+    @property
+    def xxh3_128(self) -> str | None:
+        return self.digest if self.checksum == "xxh3-128" else None
+
+    def checksum_doc(self) -> dict:
+        return {"checksum": self.checksum, _BY_ALGO[self.checksum]: self.digest}
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "format": self.format, "bytes": self.bytes, "xxh3_128": self.xxh3_128,
+        return {"name": self.name, "format": self.format, "bytes": self.bytes, **self.checksum_doc(),
                 **({"info": self.info} if self.info else {}), "tensors": [t.to_dict() for t in self.tensors]}
 
 
@@ -62,12 +103,15 @@ def build_manifest(plan, files: list[WrittenFile], fingerprint: dict, layout_sum
         if plan.extra.get("split_parts"):
             src_parts = plan.extra["split_parts"]
         g = geos.get(t.layer_id)
-        tables.append({
+        td = {
             "layer": t.layer_id, "rows": t.rows, "dim": t.dim, "family": t.family, "prefix": t.prefix,
             "source_encoding": t.encoding.to_dict(), "output_encoding": out_enc.to_dict(),
             "source_names": list(t.source_names), "source_parts": src_parts,
             "head_sizes": list(g.head_sizes) if g else None,
-        })
+        }
+        if t.global_scale is not None:
+            td["global_scale"] = t.global_scale.to_dict()
+        tables.append(td)
     return {
         "schema": SCHEMA,
         "created_by": f"engram {__version__}",
@@ -82,6 +126,7 @@ def build_manifest(plan, files: list[WrittenFile], fingerprint: dict, layout_sum
         "options": {k: v for k, v in plan.extra.items() if isinstance(v, (int, str, float, bool, type(None)))},
         "tables": tables,
         "ranges": [{"layer": l, "ranks": [r.to_dict() for r in rr]} for l, rr in plan.ranges],
+        "checksum": files[0].checksum if files else None,
         "files": [f.to_dict() for f in files],
         "total_bytes": sum(f.bytes for f in files),
     }

@@ -18,11 +18,14 @@ class Encoding:
     """How a row is stored: weight dtype, and optional per-row group scales."""
 
     weight_dtype: str  # safetensors dtype string (F8_E4M3, BF16, F32, I8, ...)
-    scale_dtype: str | None = None  # F8_E8M0 / U8 (power-of-two bytes) or F32 (int8 scales)
+    scale_dtype: str | None = None  # F8_E8M0 / U8 (power-of-two bytes), F32 (int8 scales), F8_E4M3 (NVFP4)
     group: int = 32
+    pack: int = 1  # values per stored weight element: 2 for NVFP4 (two e2m1 nibbles per U8 byte)
 
     @property
     def name(self) -> str:
+        if self.pack == 2 and self.weight_dtype == "U8" and self.scale_dtype == "F8_E4M3":
+            return "nvfp4"
         if self.scale_dtype is None:
             return {"BF16": "bf16", "F32": "fp32", "F16": "fp16"}.get(self.weight_dtype, self.weight_dtype.lower())
         if self.weight_dtype == "F8_E4M3":
@@ -31,8 +34,12 @@ class Encoding:
             return "int8"
         return f"{self.weight_dtype.lower()}+{self.scale_dtype.lower()}"
 
+    def weight_cols(self, dim: int) -> int:
+        """Stored weight elements per row (``dim`` values, ``pack`` per element)."""
+        return dim // self.pack
+
     def weight_row_bytes(self, dim: int) -> int:
-        return dim * DTYPE_SIZE[self.weight_dtype]
+        return self.weight_cols(dim) * DTYPE_SIZE[self.weight_dtype]
 
     def groups(self, dim: int) -> int:
         return dim // self.group if self.scale_dtype else 0
@@ -41,11 +48,14 @@ class Encoding:
         return self.groups(dim) * DTYPE_SIZE[self.scale_dtype] if self.scale_dtype else 0
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "weight_dtype": self.weight_dtype, "scale_dtype": self.scale_dtype, "group": self.group}
+        d = {"name": self.name, "weight_dtype": self.weight_dtype, "scale_dtype": self.scale_dtype, "group": self.group}
+        if self.pack != 1:
+            d["pack"] = self.pack
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Encoding":
-        return cls(d["weight_dtype"], d.get("scale_dtype"), int(d.get("group", 32)))
+        return cls(d["weight_dtype"], d.get("scale_dtype"), int(d.get("group", 32)), int(d.get("pack", 1)))
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,37 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class GlobalScale:
+    """A per-tensor scalar that every row part of a table shares: NVFP4 ``weight_scale_2``.
+
+    Held as its raw bytes (checked bit-equal across the source parts) and written unchanged
+    beside every output part.
+    """
+
+    dtype: str  # safetensors dtype, F32 in NVFP4 exports
+    shape: tuple[int, ...]  # () or (1,)
+    data: bytes
+    suffix: str = "weight_scale_2"
+
+    @property
+    def value(self) -> float:
+        import numpy as np
+
+        dt = {"F32": np.float32, "BF16": None, "F16": np.float16, "F64": np.float64}.get(self.dtype)
+        if dt is None:  # bf16: the upper half of an fp32
+            return float(np.frombuffer(b"\0\0" + self.data[:2], np.float32)[0])
+        return float(np.frombuffer(self.data, dt)[0])
+
+    def to_dict(self) -> dict:
+        return {"name": self.suffix, "dtype": self.dtype, "shape": list(self.shape), "hex": self.data.hex(),
+                "value": self.value}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GlobalScale":
+        return cls(d["dtype"], tuple(d.get("shape", ())), bytes.fromhex(d["hex"]), d.get("name", "weight_scale_2"))
+
+
+@dataclass(frozen=True)
 class TableInfo:
     """One Engram table found in a source."""
 
@@ -81,6 +122,7 @@ class TableInfo:
     family: str = "deepseek-v4.1"
     prefix: str = ""
     source_names: tuple[str, ...] = field(default_factory=tuple)  # every source tensor name of this table
+    global_scale: GlobalScale | None = None  # NVFP4 weight_scale_2 (equal across parts)
 
     @property
     def weight_row_bytes(self) -> int:

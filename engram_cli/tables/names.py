@@ -18,6 +18,9 @@ class NameFamily:
     scale: tuple[str, ...] = ()  # accepted per-row-group scale templates; the first is written
     split_weight: str | None = None  # row-split pieces (Qwen4-Exp shard_i)
     split_config_key: str | None = None  # config.json key holding the number of pieces
+    split_scale: str | None = None  # per-piece row-group scale (NVFP4 shard_i.weight_scale)
+    global_scale: tuple[str, ...] = ()  # per-tensor scalar shared by all pieces (NVFP4 weight_scale_2);
+    # whole-table template first, then the per-piece template (with {part})
 
 
 FAMILIES: dict[str, NameFamily] = {
@@ -34,15 +37,26 @@ FAMILIES: dict[str, NameFamily] = {
         "deepseek-demo",
         weight=("{prefix}{layer}.engram.multi_head_embedding.embedding.weight",),
     ),
+    # NVFP4 repacks (formats.md 5.4): shard_i.weight U8 [rows, dim/2] (two e2m1 per byte),
+    # shard_i.weight_scale F8_E4M3 [rows, dim/16], shard_i.weight_scale_2 F32 scalar, equal across i.
+    # (In the FP8 release, ngram_embedding.weight_scale is a scalar global scale: a plain tensor.)
     "qwen4-exp": NameFamily(
         "qwen4-exp",
         weight=("{prefix}layers.{layer}.ple.ple_embedding.ngram_embedding.weight",),
+        scale=("{prefix}layers.{layer}.ple.ple_embedding.ngram_embedding.weight_scale",),
         split_weight="{prefix}layers.{layer}.ple.ple_embedding.ngram_embedding.shard_{part}.weight",
         split_config_key="split_ngram_parts",
+        split_scale="{prefix}layers.{layer}.ple.ple_embedding.ngram_embedding.shard_{part}.weight_scale",
+        global_scale=("{prefix}layers.{layer}.ple.ple_embedding.ngram_embedding.weight_scale_2",
+                      "{prefix}layers.{layer}.ple.ple_embedding.ngram_embedding.shard_{part}.weight_scale_2"),
     ),
 }
 
 # Names this tool writes in its own per-rank / per-head / GGUF outputs.
+# Projections of a DeepSeek Engram module, relative to its prefix (re-exported by --with-projections).
+PROJ_WEIGHT = "{prefix}layers.{layer}.engram.{key}"
+PROJ_KEYS = ("q_weight", "k_weight", "wkv.weight")
+TILE_SCALE_SUFFIXES = ("scale", "weight_scale", "weight_scale_inv")  # wkv.weight -> wkv.{suffix}
 HEAD_WEIGHT = "engram.l{layer}.h{head}.weight"
 HEAD_SCALE = "engram.l{layer}.h{head}.scale"
 GGUF_TABLE = "blk.{layer}.engram_embd.weight"

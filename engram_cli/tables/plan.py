@@ -40,11 +40,30 @@ class TensorCopy:
 
 
 @dataclass(frozen=True)
+class TensorBytes:
+    """A small tensor whose bytes the plan holds (NVFP4 ``weight_scale_2``, equal across parts)."""
+
+    data: bytes
+    origin: str = ""  # what it stands for, for plan printing
+
+
+@dataclass(frozen=True)
+class TileDequant:
+    """A 2-D fp8-e4m3 source tensor with ``tile x tile`` e8m0 block scales (DeepSeek
+    ``engram.wkv``), written dequantised to ``dtype``, a few tile rows at a time."""
+
+    weight: str  # source tensor name
+    scale: str  # its [ceil(R/tile), ceil(C/tile)] scale tensor
+    tile: int = 32
+    dtype: str = "BF16"
+
+
+@dataclass(frozen=True)
 class OutTensor:
     name: str
     dtype: str  # safetensors dtype (raw/gguf files: the element dtype of the bytes)
     shape: tuple[int, ...]
-    source: Union[TableSlice, TensorCopy]
+    source: Union[TableSlice, TensorCopy, TensorBytes, TileDequant]
     row_bytes: int = 0  # bytes per row as written
 
     @property

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engram_cli.errors import UsageError
+from engram_cli.errors import BadInputError, UsageError
 from engram_cli.tables.codecs import check_convertible, target_encoding
 from engram_cli.tables.model import Encoding, Geometry, TableInfo
-from engram_cli.tables.names import FAMILIES, HEAD_SCALE, HEAD_WEIGHT, render
-from engram_cli.tables.plan import OutFile, OutTensor, ShardPlan, TableSlice, TensorCopy
+from engram_cli.tables.names import (FAMILIES, HEAD_SCALE, HEAD_WEIGHT, PROJ_KEYS, PROJ_WEIGHT, TILE_SCALE_SUFFIXES,
+                                     render)
+from engram_cli.tables.plan import OutFile, OutTensor, ShardPlan, TableSlice, TensorBytes, TensorCopy, TileDequant
 from engram_cli.tables.policies import HEAD_POLICIES, Piece, RankRange, ranks_for
 from engram_cli.tables.source import Source
 
@@ -25,13 +26,79 @@ def _enc(t: TableInfo, dtype: str) -> Encoding:
 def split_tensors(t: TableInfo, enc: Encoding, pieces: tuple[Piece, ...], pad: int, wname: str, sname: str | None,
                   heads: tuple[int, int] | None = None) -> list[OutTensor]:
     rows = sum(p.rows for p in pieces) + pad
-    out = [OutTensor(wname, enc.weight_dtype, (rows, t.dim), TableSlice(t.layer_id, pieces, "weight", enc, pad, heads),
-                     enc.weight_row_bytes(t.dim))]
+    out = [OutTensor(wname, enc.weight_dtype, (rows, enc.weight_cols(t.dim)),
+                     TableSlice(t.layer_id, pieces, "weight", enc, pad, heads), enc.weight_row_bytes(t.dim))]
     if enc.scale_dtype:
         g = enc.groups(t.dim)
         out.append(OutTensor(sname or wname + "_scale", enc.scale_dtype, (rows, g),
                              TableSlice(t.layer_id, pieces, "scale", enc, pad, heads), enc.scale_row_bytes(t.dim)))
     return out
+
+
+def global_scale_tensor(t: TableInfo, name: str) -> list[OutTensor]:
+    """The NVFP4 ``weight_scale_2`` scalar written unchanged beside a part of the table (none otherwise)."""
+    gs = t.global_scale
+    if gs is None:
+        return []
+    return [OutTensor(name, gs.dtype, gs.shape, TensorBytes(gs.data, f"layer {t.layer_id} {gs.suffix}"))]
+
+
+def _gs_name(t: TableInfo, wname: str) -> str:
+    return (wname.removesuffix(".weight") if wname.endswith(".weight") else wname) + ".weight_scale_2"
+
+
+# ---------------------------------------------------------------- projections (DeepSeek engram.{q_weight,k_weight,wkv})
+def projection_tensors(source: Source, t: TableInfo, *, tile: int | None = None) -> list[tuple[str, OutTensor, str | None]]:
+    """(key, tensor, dropped scale name) for each Engram projection of a table's layer.
+
+    BF16/F16/F32 projections are copied; an fp8-e4m3 ``wkv.weight`` with ``tile x tile`` e8m0
+    block scales (``wkv.scale``, ``.weight_scale`` or ``.weight_scale_inv``; formats.md 2.2) is
+    written dequantised to BF16 (formats.md 6, items 2 and 8) and its scale tensor dropped.
+    """
+    ck = source.checkpoint
+    if ck is None:
+        raise UsageError("--with-projections needs an HF checkpoint source")
+    tile = tile or _tile_size(ck)
+    out = []
+    for key in PROJ_KEYS:
+        sname = render(PROJ_WEIGHT, prefix=t.prefix, layer=t.layer_id).replace("{key}", key)
+        if sname not in ck.weight_map:
+            continue
+        e = ck.entry(sname)
+        if e.dtype in ("BF16", "F16", "F32"):
+            out.append((key, OutTensor(sname, e.dtype, e.shape, TensorCopy(sname)), None))
+            continue
+        if e.dtype != "F8_E4M3":
+            raise UsageError(f"{sname}: {e.dtype} projections are not converted (BF16/F16/F32 are copied, "
+                             f"fp8-e4m3 with e8m0 block scales dequantised)")
+        base = sname.removesuffix(".weight")
+        scale = next((f"{base}.{sfx}" for sfx in TILE_SCALE_SUFFIXES if f"{base}.{sfx}" in ck.weight_map), None)
+        if scale is None:
+            raise BadInputError(f"{sname}: fp8 projection without a block-scale tensor ({base}.scale)")
+        se = ck.entry(scale)
+        if len(e.shape) != 2:
+            raise BadInputError(f"{sname}: expected a 2-D matrix, got shape {list(e.shape)}")
+        want = (-(-e.shape[0] // tile), -(-e.shape[1] // tile))
+        if se.dtype not in ("F8_E8M0", "U8") or se.shape != want:
+            raise UsageError(f"{scale}: {se.dtype}{list(se.shape)} is not an e8m0 {tile}x{tile} block scale of "
+                             f"{sname} (expected F8_E8M0{list(want)})",
+                             hint="only ue8m0 block scales (DeepSeek-V4.1 weight_block_size [32, 32]) are dequantised")
+        out.append((key, OutTensor(sname, "BF16", e.shape, TileDequant(sname, scale, tile, "BF16"), e.shape[1] * 2), scale))
+    return out
+
+
+def _tile_size(ck) -> int:
+    """``quantization_config.weight_block_size`` of config.json (square), else 32."""
+    try:
+        cfg = ck.config() or {}
+    except Exception:  # noqa: BLE001 - a broken config.json is reported elsewhere
+        cfg = {}
+    for c in (cfg, cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}):
+        q = c.get("quantization_config") if isinstance(c, dict) else None
+        bs = q.get("weight_block_size") if isinstance(q, dict) else None
+        if isinstance(bs, list) and len(bs) == 2 and bs[0] == bs[1] and int(bs[0]) > 0:
+            return int(bs[0])
+    return 32
 
 
 def _names(source: Source, t: TableInfo) -> tuple[str, str | None]:
@@ -108,9 +175,11 @@ def qwen_split_pieces(rows: int, parts: int) -> list[Piece]:
 
 
 def plan_hf(source: Source, geos: tuple[Geometry, ...], *, dtype: str = "keep", max_shard_size: int = 5 * 10**9,
-            engram_only: bool = False, split_parts: int | None = None) -> ShardPlan:
+            engram_only: bool = False, split_parts: int | None = None, with_projections: bool = False) -> ShardPlan:
     tensors: list[OutTensor] = []
     by_first: dict[str, list[OutTensor]] = {}
+    proj: dict[str, OutTensor] = {}  # source name -> replacement (copied or dequantised projection)
+    dropped: set[str] = set()  # block scales of dequantised projections
     for t in source.tables:
         enc = _enc(t, dtype)
         fam = FAMILIES.get(t.family)
@@ -119,20 +188,30 @@ def plan_hf(source: Source, geos: tuple[Geometry, ...], *, dtype: str = "keep", 
         if fam is not None and fam.split_weight and parts:
             outs = []
             for i, p in enumerate(qwen_split_pieces(t.rows, parts)):
-                outs += split_tensors(t, enc, (p,), 0, render(fam.split_weight, prefix=t.prefix, layer=t.layer_id, part=i), None)
+                wname = render(fam.split_weight, prefix=t.prefix, layer=t.layer_id, part=i)
+                sname = render(fam.split_scale, prefix=t.prefix, layer=t.layer_id, part=i) if fam.split_scale else None
+                outs += split_tensors(t, enc, (p,), 0, wname, sname)
+                outs += global_scale_tensor(t, _gs_name(t, wname))
         else:
             w, s = _names(source, t)
-            outs = split_tensors(t, enc, full, 0, w, s)
+            outs = split_tensors(t, enc, full, 0, w, s) + global_scale_tensor(t, _gs_name(t, w))
         key = t.source_names[0] if t.source_names else f"__table_{t.layer_id}"
         by_first[key] = outs
-    if source.checkpoint is not None and not engram_only:
+        if with_projections:
+            for _key, ot, scale in projection_tensors(source, t):
+                proj[ot.name] = ot
+                if scale:
+                    dropped.add(scale)
+    if source.checkpoint is not None and (not engram_only or proj):
         emitted: set[str] = set()
         for name in source.checkpoint.names():
             if name in by_first:
                 tensors += by_first.pop(name)
-            elif name in source.table_tensors:
+            elif name in source.table_tensors or name in dropped:
                 continue
-            elif name not in emitted:
+            elif name in proj:
+                tensors.append(proj[name])
+            elif name not in emitted and not engram_only:
                 e = source.checkpoint.entry(name)
                 tensors.append(OutTensor(name, e.dtype, e.shape, TensorCopy(name)))
             emitted.add(name)
@@ -154,7 +233,8 @@ def plan_hf(source: Source, geos: tuple[Geometry, ...], *, dtype: str = "keep", 
                 else:
                     copies.append((str(p), p.name))
     return _base(source, "hf", geos, files, dtype, index=index, copies=tuple(copies), rewrites=tuple(rewrites),
-                 extra={"max_shard_size": max_shard_size, "split_parts": split_parts})
+                 extra={"max_shard_size": max_shard_size, "split_parts": split_parts,
+                        "with_projections": with_projections})
 
 
 def _source_parts(source: Source, t: TableInfo) -> int | None:
@@ -197,9 +277,10 @@ def plan_ranks(source: Source, geos: tuple[Geometry, ...], *, policy: str, world
                     h = p.head if p.head is not None else "pad"
                     tensors += split_tensors(t, enc, (p,), 0, HEAD_WEIGHT.format(layer=layer, head=h),
                                              HEAD_SCALE.format(layer=layer, head=h), (p.head, p.head + 1) if p.head is not None else None)
+                tensors += global_scale_tensor(t, f"engram.l{layer}.weight_scale_2")
             else:
                 w, s = _names(source, t)
-                tensors += split_tensors(t, enc, r.pieces, r.pad_rows, w, s, r.heads)
+                tensors += split_tensors(t, enc, r.pieces, r.pad_rows, w, s, r.heads) + global_scale_tensor(t, _gs_name(t, w))
             info[str(layer)] = r.to_dict()
         r0 = ranges[0][1][k]
         meta = (("format", "pt"), ("engram.policy", policy), ("engram.rank", str(r0.rank)),
@@ -232,6 +313,7 @@ def plan_heads(source: Source, geos: tuple[Geometry, ...], *, dtype: str = "keep
             else:
                 ts = split_tensors(t, enc, (p,), 0, HEAD_WEIGHT.format(layer=t.layer_id, head=h),
                                    HEAD_SCALE.format(layer=t.layer_id, head=h), hr)
+                ts += global_scale_tensor(t, f"engram.l{t.layer_id}.h{h}.weight_scale_2")
                 meta = (("format", "pt"), ("engram.layer", str(t.layer_id)), ("engram.head", str(h)),
                         ("engram.rows", f"{p.start}:{p.stop}"))
                 files.append(OutFile(f"engram-l{t.layer_id}-h{hs}.safetensors", "safetensors", tuple(ts), meta, info))

@@ -12,7 +12,7 @@ import xxhash
 from engram_cli.errors import BadInputError, UsageError
 from engram_cli.tables.checkpoint import Checkpoint, is_hf_checkpoint, open_checkpoint
 from engram_cli.tables.discover import discover
-from engram_cli.tables.model import Encoding, Geometry, Segment, TableInfo
+from engram_cli.tables.model import Encoding, GlobalScale, Geometry, Segment, TableInfo
 from engram_cli.tables.names import custom_family
 
 MANIFEST = "engram-shards.json"
@@ -130,7 +130,8 @@ def open_engram_output(path: Path) -> Source:
         t = TableInfo(layer, int(td["rows"]), int(td["dim"]), enc,
                       _cover(path, layer, "weight", segs.get((layer, "weight"), []), int(td["rows"])),
                       _cover(path, layer, "scale", segs.get((layer, "scale"), []), int(td["rows"])) if enc.scale_dtype else (),
-                      td.get("family", "deepseek-v4.1"), td.get("prefix", ""), ())
+                      td.get("family", "deepseek-v4.1"), td.get("prefix", ""), (),
+                      GlobalScale.from_dict(td["global_scale"]) if td.get("global_scale") else None)
         tables.append(t)
         if td.get("head_sizes"):
             geos.append(Geometry(layer, tuple(td["head_sizes"]), int(td["rows"])))

@@ -1,4 +1,6 @@
-"""``engram shard verify``: checksums of every file, and given the source, row equality."""
+"""``engram shard verify``: checksums of every file (each by the algorithm its manifest entry
+records: xxh3-128 or sha256), and given the source, row equality (tables, and projections
+written dequantised)."""
 
 from __future__ import annotations
 
@@ -6,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import xxhash
 
 from engram_cli.errors import VerificationError
+from engram_cli.tables.manifest import file_checksum, new_hasher
 from engram_cli.progress import ProgressCallback
 from engram_cli.tables.model import Encoding
 from engram_cli.tables.plan import TableSlice
@@ -34,8 +36,8 @@ class VerifyReport:
                 "rows_checked": self.rows_checked, "ok": self.ok, "mismatches": self.mismatches}
 
 
-def file_digest(path: Path, block: int = DEFAULT_BLOCK_BYTES, tick=None) -> str:
-    h = xxhash.xxh3_128()
+def file_digest(path: Path, block: int = DEFAULT_BLOCK_BYTES, tick=None, algorithm: str = "xxh3-128") -> str:
+    h = new_hasher(algorithm)
     buf = bytearray(block)
     mv = memoryview(buf)
     with open(path, "rb", buffering=0) as fh:
@@ -72,12 +74,18 @@ def verify_files(out_dir: str | Path, manifest: dict, *, source: Source | None =
         if size != f["bytes"]:
             rep.mismatches.append(f"{f['name']}: {size} bytes, manifest says {f['bytes']}")
             continue
-        if file_digest(p, block_bytes, tick) != f["xxh3_128"]:
-            rep.mismatches.append(f"{f['name']}: checksum mismatch (xxh3-128)")
+        algo, want = file_checksum(f)
+        if want is None:
+            rep.mismatches.append(f"{f['name']}: manifest has no {algo} digest")
+        elif file_digest(p, block_bytes, tick, algo) != want:
+            rep.mismatches.append(f"{f['name']}: checksum mismatch ({algo})")
         rep.files += 1
         rep.bytes += size
     if source is not None and not rep.mismatches:
-        _compare_rows(out, manifest, source, rep, block_bytes, tick)
+        from engram_cli.tables.codecs import codec_threads
+
+        with codec_threads(1):
+            _compare_rows(out, manifest, source, rep, block_bytes, tick)
     if rep.mismatches and raise_on_error:
         more = f" (+{len(rep.mismatches) - 1} more)" if len(rep.mismatches) > 1 else ""
         raise VerificationError(f"verification failed: {rep.mismatches[0]}{more}", hint="re-run the conversion with --force")
@@ -92,6 +100,10 @@ def _compare_rows(out: Path, manifest: dict, source: Source, rep: VerifyReport, 
         for f in manifest["files"]:
             path = str(out / f["name"])
             for td in f["tensors"]:
+                if td.get("dequantised_from"):
+                    if not _compare_dequant(path, td, source, src_reader, out_reader, rep, block_bytes, tick, f["name"]):
+                        return
+                    continue
                 if td.get("layer") is None:
                     continue
                 t = tables.get(int(td["layer"]))
@@ -119,3 +131,28 @@ def _compare_rows(out: Path, manifest: dict, source: Source, rep: VerifyReport, 
                     if got.any():
                         rep.mismatches.append(f"{f['name']}: tensor {td['name']} padding rows are not zero")
                         return
+
+
+def _compare_dequant(path: str, td: dict, source: Source, src_reader: RowReader, out_reader: RowReader,
+                     rep: VerifyReport, block_bytes: int, tick, fname: str) -> bool:
+    """A projection written dequantised: recompute it from the source, block by block."""
+    from engram_cli.tables.execute import tile_dequant_blocks
+    from engram_cli.tables.plan import TileDequant
+
+    ck = source.checkpoint
+    if ck is None or td["dequantised_from"] not in ck.weight_map or td["scale"] not in ck.weight_map:
+        rep.mismatches.append(f"{fname}: tensor {td['name']} was dequantised from {td['dequantised_from']}, "
+                              f"which the source does not hold")
+        return False
+    dq = TileDequant(td["dequantised_from"], td["scale"], int(td["tile"][0]), td["dtype"])
+    off = int(td["offset"])
+    for blk in tile_dequant_blocks(src_reader, source, dq, block_bytes):
+        got = np.frombuffer(out_reader.read_bytes(path, off, blk.nbytes), np.uint8).reshape(blk.shape)
+        tick(blk.nbytes)
+        if not np.array_equal(blk, got):
+            row = (off - int(td["offset"])) // blk.shape[1] + int(np.nonzero((blk != got).any(axis=1))[0][0])
+            rep.mismatches.append(f"{fname}: tensor {td['name']} differs from the dequantised source at row {row}")
+            return False
+        off += blk.nbytes
+    rep.rows_checked += int(td["shape"][0])
+    return True

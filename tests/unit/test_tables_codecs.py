@@ -43,7 +43,9 @@ def test_requantize_fp8_roundtrip_values_exact():
     assert torch.equal(decode(FP8, 256, w2, s2, "F32"), x)
 
 
-def test_float_to_fp8_and_int8_error_bounds():
+@pytest.mark.parametrize("seed", range(8))
+def test_float_to_fp8_and_int8_error_bounds(seed):
+    torch.manual_seed(seed)
     x = torch.randn(128, 256) * torch.logspace(-3, 3, 128).unsqueeze(1)
     w, s = encode(x, FP8, 256)
     y = decode(FP8, 256, w, s, "F32")
@@ -54,7 +56,9 @@ def test_float_to_fp8_and_int8_error_bounds():
     w, s = encode(x, i8, 256)
     y = decode(i8, 256, w, s, "F32")
     amax = x.reshape(-1, 8, 32).abs().amax(2).repeat_interleave(32, 1)
-    assert torch.all((y - x).abs() <= amax / 254 * (1 + 1e-6))
+    # amax/254 from rounding to the int8 grid, plus fp32 rounding of the scale and of q*scale
+    # (each <= 2**-24 amax); the old (1 + 1e-6) slack failed for ~5% of random draws
+    assert torch.all((y - x).abs() <= amax / 254 + amax * 2**-23)
 
 
 def test_zero_scale_byte_decodes_to_zero():
