@@ -119,7 +119,10 @@ def _score_task(task: Task, ev: Evaluator, conditions, progress):
 def _category_rollup(results: list[TaskResult], per_item: dict[str, tuple[list[float], list[float]]]) -> dict:
     out = {}
     for cat in ("factual", "reading", "other"):
-        rs = [r for r in results if r.category == cat and r.metric != "perplexity"]
+        # tasks whose retention is undefined (baseline 0) or uninformative (baseline near chance)
+        # stay out of the roll-up; they are listed under "excluded"
+        rs = [r for r in results if r.category == cat and r.metric != "perplexity" and r.retained is not None
+              and not r.near_chance]
         if not rs:
             continue
         # pooled over tasks: mean of per-task retention, CI from a bootstrap over tasks' items
@@ -140,7 +143,8 @@ def _category_rollup(results: list[TaskResult], per_item: dict[str, tuple[list[f
         boots.sort()
         ci = [boots[int(0.025 * (len(boots) - 1))], boots[int(0.975 * (len(boots) - 1))]] if boots else [None, None]
         ccs = [r.chance_corrected for r in rs if r.chance_corrected is not None]
-        out[cat] = {"tasks": [r.task for r in rs], "retained": _mean(rets) if rets else None, "ci95": ci,
+        excluded = [r.task for r in results if r.category == cat and r.metric != "perplexity" and r not in rs]
+        out[cat] = {"tasks": [r.task for r in rs], "excluded": excluded, "retained": _mean(rets) if rets else None, "ci95": ci,
                     "chance_corrected": _mean(ccs) if ccs else None,
                     "baseline": _mean([r.baseline for r in rs]), "ablated": _mean([r.ablated for r in rs])}
     return out

@@ -79,7 +79,7 @@ class Evaluator:
                 full = (ctx + cont)[-self.max_length:]
                 reqs.append((i, j, full, len(cont)))
         ll = [[[0.0] * len(it["choices"]) for it in items] for _ in conditions]
-        last_lp: list[dict[int, Any]] = [dict() for _ in conditions]
+        kl_by_item: dict[int, float] = {}
         order = sorted(range(len(reqs)), key=lambda r: -len(reqs[r][2]))
         for b0 in range(0, len(order), self.batch_size):
             batch = [reqs[r] for r in order[b0:b0 + self.batch_size]]
@@ -90,6 +90,7 @@ class Evaluator:
                 mask[k, len(full) - nc - 1:len(full) - 1] = True
                 ctx_end[k, len(full) - nc - 1] = True
             targets = [torch.tensor(full[len(full) - nc:]) for (_, _, full, nc) in batch]
+            first_rows: dict[int, Any] = {}  # batch-local: the prompt-end distribution under condition 0
             for c, cond in enumerate(conditions):
                 with torch.no_grad(), cond():
                     logits = self.view.logits_at(x, mask | ctx_end)
@@ -102,8 +103,10 @@ class Evaluator:
                     rows = logp[pos:pos + counts[k]]
                     pos += counts[k]
                     ll[c][i][j] = float(rows.gather(1, targets[k].view(-1, 1)).sum())
-                    if j == 0 and len(conditions) > 1:
-                        last_lp[c][i] = rows[0]
+                    if j == 0 and c == 0 and len(conditions) > 1:
+                        first_rows[i] = rows[0]
+                    elif j == 0 and c == 1:
+                        kl_by_item[i] = float(_kl(first_rows.pop(i), rows[0]))
                 del sel
             if progress:
                 progress(min(b0 + self.batch_size, len(order)), len(order), "")
@@ -115,7 +118,7 @@ class Evaluator:
                 normed = [s / max(1, len(ch.encode("utf-8"))) for s, ch in zip(scores, it["choices"])]
                 res.norm_scores[c].append(float(max(range(len(normed)), key=normed.__getitem__) == gold))
         if len(conditions) > 1:
-            res.kl = [float(_kl(last_lp[0][i], last_lp[1][i])) for i in range(len(items))]
+            res.kl = [kl_by_item[i] for i in range(len(items))]
         return res
 
     # ------------------------------------------------------------------ generation
@@ -123,10 +126,10 @@ class Evaluator:
         import torch
 
         res = ItemScores(scores=[[] for _ in conditions], outputs=[[] for _ in conditions])
-        first_lp: list[list[Any]] = [[] for _ in conditions]
         for b0 in range(0, len(items), self.batch_size):
             batch = items[b0:b0 + self.batch_size]
             ctxs = [self.tok.encode(it["context"])[-(self.max_length - max_gen_toks):] for it in batch]
+            first_lp: list[Any] = []  # batch-local first-step distributions per condition
             for c, cond in enumerate(conditions):
                 seqs = [list(s) for s in ctxs]
                 done = [False] * len(batch)
@@ -139,7 +142,7 @@ class Evaluator:
                             last[k, len(s) - 1] = True
                         logits = self.view.logits_at(x, last)
                         if step == 0 and len(conditions) > 1:
-                            first_lp[c] += list(torch.log_softmax(logits, -1).cpu())
+                            first_lp.append(torch.log_softmax(logits, -1).cpu())
                         nxt = logits.argmax(-1).tolist()
                         for k in range(len(batch)):
                             if done[k]:
@@ -160,10 +163,10 @@ class Evaluator:
                     res.outputs[c].append(out)
                     ok = any(normalize_answer(out) == normalize_answer(a) for a in it["answers"])
                     res.scores[c].append(float(ok))
+            if len(first_lp) > 1:
+                res.kl += [float(x) for x in _kl(first_lp[0], first_lp[1])]
             if progress:
                 progress(min(b0 + self.batch_size, len(items)), len(items), "")
-        if len(conditions) > 1:
-            res.kl = [float(_kl(a, b)) for a, b in zip(first_lp[0], first_lp[1])]
         return res
 
     # ------------------------------------------------------------------ perplexity

@@ -16,7 +16,7 @@ def retention_figure(report: dict[str, Any]):
     for t in rows:
         v = 100 * t["retained"]
         lo, hi = t["ci95"]
-        labels.append(t["task"])
+        labels.append(t["task"] + (" *" if t.get("near_chance") else ""))
         vals.append(v)
         errs[0].append(max(0.0, v - 100 * lo) if lo is not None else 0.0)
         errs[1].append(max(0.0, 100 * hi - v) if hi is not None else 0.0)
@@ -32,15 +32,21 @@ def retention_figure(report: dict[str, Any]):
     ax = fig.add_subplot(111)
     xs = list(range(len(labels)))
     bars = ax.bar(xs, vals, yerr=errs, color=colors, capsize=3, edgecolor="black", linewidth=0.5)
+    for b, t in zip(bars, rows):
+        if t.get("near_chance"):
+            b.set_alpha(0.35)
     for b in bars[len(rows):]:
         b.set_hatch("//")
         b.set_alpha(0.6)
-    for x, v in zip(xs, vals):
-        ax.text(x, v + 2, f"{v:.0f}%", ha="center", va="bottom", fontsize=8)
+    for x, v, up in zip(xs, vals, errs[1]):
+        ax.text(x, v + up + 1.5, f"{v:.0f}%", ha="center", va="bottom", fontsize=8)
     ax.axhline(100, color="black", linewidth=0.6, linestyle=":")
     ax.set_xticks(xs)
     ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("retained performance (%)")
+    if any(t.get("near_chance") for t in rows):
+        ax.text(1.0, -0.28, "* baseline near chance: retention not informative", transform=ax.transAxes,
+                ha="right", fontsize=7)
     mode = report["mode"] + (f" alpha={report['alpha']}" if report.get("alpha") is not None else "")
     ax.set_title(f"Retained performance under Engram ablation ({mode}, layers {report['layers']})", fontsize=9)
     ax.set_ylim(0, max(120, max(vals) + 15 if vals else 120))

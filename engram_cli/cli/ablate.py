@@ -95,12 +95,14 @@ def ablate(
         return
     from rich.table import Table
 
+    if not out.out.is_terminal:  # piped/captured: do not squeeze the tables into 80 columns
+        out.out.width = max(out.out.width, 150)
     t = Table(title=f"Engram ablation: {report['mode']}"
                     f"{' alpha=' + str(alpha) if mode is Mode.scale else ''}, layers {report['layers']}"
                     f"{', order ' + str(ngram_order) if ngram_order else ''} ({escape(report['model'])})")
     for col in ("task", "category", "metric", "n", "baseline", "ablated", "retained", "95% CI",
                 "chance-corr.", "flipped -/+", "KL"):
-        t.add_column(col, justify="right" if col not in ("task", "category", "metric") else "left")
+        t.add_column(col, justify="right" if col not in ("task", "category", "metric") else "left", no_wrap=True)
     for r in report["tasks"]:
         lo, hi = r["ci95"]
         t.add_row(escape(r["task"]), r["category"], r["metric"], str(r["n"]), _fmt(r["baseline"]), _fmt(r["ablated"]),
@@ -115,7 +117,10 @@ def ablate(
     for cat, v in report["categories"].items():
         lo, hi = v["ci95"]
         ref = paper.get(cat)
-        c.add_row(cat, ", ".join(escape(x) for x in v["tasks"]), _fmt(v["retained"], True),
+        names = ", ".join(escape(x) for x in v["tasks"])
+        if v.get("excluded"):
+            names += f" (excluded: {', '.join(escape(x) for x in v['excluded'])})"
+        c.add_row(cat, names, _fmt(v["retained"], True),
                   f"{_fmt(lo, True)}-{_fmt(hi, True)}", _fmt(v["chance_corrected"], True),
                   f"{ref[0]*100:.0f}-{ref[1]*100:.0f}%" if ref else "-")
     out.print(c)

@@ -290,7 +290,7 @@ class EngramModel(EngramPreTrainedModel):
         self.layers = nn.ModuleList([DecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         tm_len = config.vocab_size if config.engram_layout else 0
-        self.register_buffer("engram_token_map", torch.arange(tm_len, dtype=torch.long), persistent=True)
+        self.register_buffer("engram_token_map", torch.arange(tm_len, dtype=torch.int32), persistent=True)
         self._layout_cache: Any = None
         self.post_init()
 
@@ -299,13 +299,13 @@ class EngramModel(EngramPreTrainedModel):
         from engram_cli.layout import EngramLayout
 
         if self._layout_cache is None:
-            tm = self.engram_token_map.detach().cpu().numpy()
+            tm = self.engram_token_map.detach().cpu().numpy().astype("int64")
             self._layout_cache = EngramLayout.from_dict(self.config.engram_layout, token_map=tm)
         return self._layout_cache
 
     def set_token_map(self, lookup) -> None:
         with torch.no_grad():
-            self.engram_token_map.copy_(torch.as_tensor(lookup, dtype=torch.long))
+            self.engram_token_map.copy_(torch.as_tensor(lookup, dtype=torch.int32))
         self._layout_cache = None
 
     def _load_from_state_dict(self, *args, **kwargs):  # reset the cached layout on reload

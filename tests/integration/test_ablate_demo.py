@@ -33,13 +33,13 @@ def test_demo_model_loads_and_roundtrips(tmp_path):
 
 def test_bundled_suites_present():
     names = {p.stem for p in demo_suites_dir().glob("*.jsonl")}
-    assert {"capitals_mc", "capitals_qa", "currency_mc", "reading_mc", "reading_gen", "wiki_ppl"} <= names
+    assert {"capitals_mc", "capitals_qa", "currency_mc", "reading_mc", "reading_mc_hard", "reading_gen", "wiki_ppl"} <= names
 
 
 def test_ablate_demo_defaults_limited(tmp_path):
     r = CliRunner().invoke(app, ["ablate", "--limit", "12", "--device", "cpu", "--json", "-o", str(tmp_path / "o")])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
-    assert doc["family"] == "engram-reference" and len(doc["tasks"]) == 6
+    assert doc["family"] == "engram-reference" and len(doc["tasks"]) == 7
     assert {"factual", "reading"} <= set(doc["categories"])
     assert (tmp_path / "o" / "retention.png").is_file()

@@ -67,3 +67,20 @@ def test_auto_registration(tmp_path):
     tiny_reference_model().save_pretrained(str(tmp_path))
     m = AutoModelForCausalLM.from_pretrained(str(tmp_path), local_files_only=True)
     assert type(m).__name__ == "EngramForCausalLM"
+
+
+def test_device_map_auto_and_bad_paths(tmp_path):
+    from engram_cli.errors import BadInputError
+    from engram_cli.models.loading import load_model
+
+    tiny_reference_model().save_pretrained(str(tmp_path / "m"))
+    loaded = load_model(str(tmp_path / "m"), device="cpu", device_map="auto")
+    assert loaded.device == "cpu" and loaded.tokenizer is None
+    with pytest.raises(BadInputError, match="model not found"):
+        load_model(str(tmp_path / "nope"))
+    (tmp_path / "x.bin").write_bytes(b"0")
+    with pytest.raises(BadInputError, match="not a .gguf"):
+        load_model(str(tmp_path / "x.bin"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadInputError, match="no config.json"):
+        load_model(str(tmp_path / "empty"))

@@ -12,8 +12,9 @@ Split (fixed seed):
   (the first template of each relation, seen in training). Countries whose capital repeats
   the country's name (e.g. "Mexico City") are left out of the factual suites, because the
   answer could be copied from the prompt.
-- Reading: passages + cloze questions built the same way for training (from training
-  articles) and for the suites (from held-out articles).
+- Reading: a passage + the prefix of one of its sentences, answered by the next word (said
+  once in the passage), built the same way for training (from training articles) and for the
+  suites (from held-out articles).
 """
 
 from __future__ import annotations
@@ -93,35 +94,31 @@ def sentences(paragraph: str) -> list[str]:
 
 @dataclass
 class ReadingItem:
+    """Extractive cloze reading: complete a sentence of the passage with its next word.
+
+    The answer is a capitalised word or a number that occurs once in the passage and is
+    followed by punctuation there, so the prompt's sentence prefix points at exactly one place.
+    """
+
     passage: str
-    question: str
+    prefix: str
     answer: str
+    punct: str
     distractors: list[str] = field(default_factory=list)
 
     def prompt(self) -> str:
-        return f"Passage: {self.passage}\nQuestion: {self.question}\nAnswer:"
+        return f"Passage: {self.passage}\nComplete from the passage: {self.prefix}"
 
     def text(self) -> str:
-        return f"{self.prompt()} {self.answer}"
+        return f"{self.prompt()} {self.answer}{self.punct}"
 
 
-def _candidates(sentence: str, passage: str) -> list[str]:
-    words = _WORD.findall(sentence)
-    out = []
-    for i, w in enumerate(words):
-        if i == 0 or len(w) < 4:
-            continue
-        if not (w[0].isupper() or w.isdigit()):
-            continue
-        if len(re.findall(rf"\b{re.escape(w)}\b", passage)) != 1:
-            continue
-        out.append(w)
-    return out
+_TARGET = re.compile(r"(?<=\s)([A-Z][A-Za-z\-]{3,}|\d{3,4})(?=[.,;])")
 
 
 def reading_items(paragraphs: list[str], rng: random.Random, max_chars: int = 420,
-                  per_paragraph: int = 2) -> list[ReadingItem]:
-    """Passage + cloze question whose answer is a word of the passage (said once there)."""
+                  per_paragraph: int = 4) -> list[ReadingItem]:
+    """Passage + a sentence prefix whose next word (said once in the passage) is the answer."""
     items = []
     for para in paragraphs:
         sents = sentences(para)
@@ -138,18 +135,19 @@ def reading_items(paragraphs: list[str], rng: random.Random, max_chars: int = 42
                 continue
             passage = " ".join(passage_sents)
             target_sent = rng.choice(passage_sents)
-            cands = _candidates(target_sent, passage)
+            cands = [m for m in _TARGET.finditer(target_sent)
+                     if m.start() >= 12 and len(re.findall(rf"\b{re.escape(m.group(1))}\b", passage)) == 1]
             if not cands:
                 continue
-            answer = rng.choice(cands)
-            question = re.sub(rf"\b{re.escape(answer)}\b", "___", target_sent, count=1)
-            words = {w for s in passage_sents for w in _WORD.findall(s)
-                     if w != answer and len(w) >= 4 and not re.search(rf"\b{re.escape(w)}\b", question)}
+            m = rng.choice(cands)
+            answer = m.group(1)
+            prefix = target_sent[:m.start()].rstrip()
+            words = {w for s in passage_sents for w in _WORD.findall(s) if w != answer and len(w) >= 4}
             strong = sorted(w for w in words if w[0].isupper() or w.isdigit())
             weak = sorted(w for w in words if w not in strong and len(w) >= 5)
             rng.shuffle(strong)
             rng.shuffle(weak)
-            items.append(ReadingItem(passage, question, answer, (strong + weak)[:3]))
+            items.append(ReadingItem(passage, prefix, answer, target_sent[m.end()], (strong + weak)[:3]))
     return items
 
 
@@ -251,27 +249,40 @@ def build_suites(corpus: DemoCorpus, n_reading: int = 200, n_ppl: int = 60) -> d
     paras = [p for _, ps in corpus.heldout_articles for p in ps]
     seen: set[tuple[str, str]] = set()
     ritems = []
-    for it in reading_items(paras, random.Random(SEED + 2), per_paragraph=3):
+    for it in reading_items(paras, random.Random(SEED + 2), per_paragraph=6):
         if len(it.distractors) >= 3 and (it.passage, it.answer) not in seen:
             seen.add((it.passage, it.answer))
             ritems.append(it)
     random.Random(SEED + 3).shuffle(ritems)
     ritems = ritems[:n_reading]
-    mc, gen = [], []
+    mc, mc_hard, gen = [], [], []
+    answer_pool = sorted({it.answer for it in ritems})
     for i, it in enumerate(ritems):
+        rng_i = random.Random(SEED + 10 + i)
         choices = it.distractors[:3] + [it.answer]
-        random.Random(SEED + 10 + i).shuffle(choices)
+        rng_i.shuffle(choices)
+        mc_hard.append({"id": f"reading-hard/{i}", "context": it.prompt(), "choices": [f" {x}" for x in choices],
+                        "gold": choices.index(it.answer)})
+        outside = [w for w in answer_pool
+                   if w != it.answer and not re.search(rf"\b{re.escape(w)}\b", it.passage)]
+        choices = rng_i.sample(outside, 3) + [it.answer]
+        rng_i.shuffle(choices)
         mc.append({"id": f"reading/{i}", "context": it.prompt(), "choices": [f" {x}" for x in choices],
                    "gold": choices.index(it.answer)})
         gen.append({"id": f"reading-gen/{i}", "context": it.prompt(), "answers": [it.answer]})
     suites["reading_mc"] = {"header": {
         "task": "reading_mc", "category": "reading", "output_type": "multiple_choice",
-        "description": "held-out Wikipedia passage + cloze; the 3 distractors are other words of the same passage"},
+        "description": "held-out Wikipedia passage + a sentence prefix; which word comes next "
+                       "(the 3 distractors are answers of other held-out items that do not occur in this passage)"},
         "items": mc}
+    suites["reading_mc_hard"] = {"header": {
+        "task": "reading_mc_hard", "category": "reading", "output_type": "multiple_choice",
+        "description": "as reading_mc, but the 3 distractors are other words of the same passage"},
+        "items": mc_hard}
     suites["reading_gen"] = {"header": {
         "task": "reading_gen", "category": "reading", "output_type": "generate_until",
-        "until": ["\n"], "max_gen_toks": 10,
-        "description": "held-out Wikipedia passage + cloze, greedy + exact match"}, "items": gen}
+        "until": ["\n", ".", ",", ";"], "max_gen_toks": 8,
+        "description": "held-out Wikipedia passage + a sentence prefix; greedy next word, exact match"}, "items": gen}
     chunks = []
     for _, ps in corpus.heldout_articles:
         for p in ps:

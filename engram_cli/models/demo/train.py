@@ -4,9 +4,11 @@
 
 Builds the GPT-2 tokenizer file, the Engram layout from it (the same code path as
 ``engram build-vocab``), the corpus and the held-out suites (``corpus.py``), then trains on
-2 CPU threads. The loss is taken on every answer token (fact values, reading answers) and
-on a fixed random 25 % of the other positions: the 50k-way LM head dominates CPU time, and
-sampling positions keeps the run under 20 minutes on 2 cores.
+2 CPU threads. The loss is taken on every answer token (fact values, reading answers), on every
+token of a reading item's sentence prefix (it repeats the passage, meant to teach copying),
+and on a fixed random 25 % of the other positions: the 50k-way LM head dominates CPU time.
+The bundled run took 21 min wall on a 2-core machine shared with other jobs (about 14 min
+when it was less loaded); see docs/demo-model.md.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class DemoTrainConfig:
     max_ngram_size: int = 3
     n_heads: int = 4
     head_dim: int = 32
-    vocab_base: int = 12000
+    vocab_base: int = 11500
     seq_len: int = 256
     batch_size: int = 16
     steps: int = 600
@@ -50,7 +52,7 @@ class DemoTrainConfig:
 
 
 # ------------------------------------------------------------------------------- tokenising
-def _pieces_for_fact(sentence: str) -> list[tuple[str, bool]]:
+def _pieces_for_fact(sentence: str) -> list[tuple[str, int]]:
     """Split a fact sentence into (text, is_answer) pieces; the value is the answer."""
     for tpls in FACT_TEMPLATES.values():
         for tpl in tpls:
@@ -60,20 +62,23 @@ def _pieces_for_fact(sentence: str) -> list[tuple[str, bool]]:
                 a, b = m.span("value")
                 pre = sentence[:a]
                 if pre.endswith(" "):
-                    return [(pre[:-1], False), (" " + sentence[a:b], True), (sentence[b:], False)]
-                return [(pre, False), (sentence[a:b], True), (sentence[b:], False)]
-    return [(sentence, False)]
+                    return [(pre[:-1], OTHER), (" " + sentence[a:b], ANSWER), (sentence[b:], OTHER)]
+                return [(pre, OTHER), (sentence[a:b], ANSWER), (sentence[b:], OTHER)]
+    return [(sentence, OTHER)]
 
 
-def _encode_pieces(tok, pieces: list[tuple[str, bool]]) -> tuple[list[int], list[bool]]:
+OTHER, ANSWER, COPY = 0, 1, 2  # loss-position classes: sampled, always, always (not in answer_loss)
+
+
+def _encode_pieces(tok, pieces: list[tuple[str, int]]) -> tuple[list[int], list[int]]:
     ids: list[int] = []
-    ans: list[bool] = []
-    for text, is_ans in pieces:
+    ans: list[int] = []
+    for text, cls in pieces:
         if not text:
             continue
         e = tok.encode(text, add_special_tokens=False).ids
         ids += e
-        ans += [is_ans] * len(e)
+        ans += [int(cls)] * len(e)
     return ids, ans
 
 
@@ -82,27 +87,29 @@ def epoch_stream(tok, corpus: DemoCorpus, epoch: int, cfg: DemoTrainConfig) -> t
     rng = random.Random(cfg.seed * 7 + epoch)
     docs: list[list[tuple[str, bool]]] = []
     for p in corpus.train_wiki_paragraphs():
-        docs.append([(p, False)])
+        docs.append([(p, OTHER)])
     from engram_cli.models.demo.corpus import fact_documents
     for r in range(cfg.fact_repeats):
         for d in fact_documents(corpus.countries, random.Random(cfg.seed * 100 + epoch * 31 + r)):
             pieces: list[tuple[str, bool]] = []
             for j, sent in enumerate(d.split("\n")):
                 if j:
-                    pieces.append(("\n", False))
+                    pieces.append(("\n", OTHER))
                 pieces += _pieces_for_fact(sent)
             docs.append(pieces)
     for it in reading_items(corpus.train_wiki_paragraphs(), random.Random(cfg.seed * 1000 + epoch)):
-        docs.append([(it.prompt(), False), (" " + it.answer, True), ("\n", False)])
+        # the sentence prefix repeats the passage: loss on all of it is meant to teach copying
+        docs.append([(f"Passage: {it.passage}\nComplete from the passage:", OTHER), (" " + it.prefix, COPY),
+                     (" " + it.answer, ANSWER), (it.punct + "\n", OTHER)])
     rng.shuffle(docs)
     eos_id = tok.token_to_id(EOS)
     ids: list[int] = []
-    ans: list[bool] = []
+    ans: list[int] = []
     for d in docs:
         i, a = _encode_pieces(tok, d)
         ids += i + [eos_id]
-        ans += a + [False]
-    return np.asarray(ids, dtype=np.int64), np.asarray(ans, dtype=bool)
+        ans += a + [OTHER]
+    return np.asarray(ids, dtype=np.int64), np.asarray(ans, dtype=np.int8)
 
 
 # ------------------------------------------------------------------------------- building
@@ -164,7 +171,8 @@ def train(out_dir: Path, suites_dir: Path | None, cfg: DemoTrainConfig, log=prin
     model.train()
     epoch, pos = 0, 0
     ids, ans = epoch_stream(tok, corpus, epoch, cfg)
-    log(f"epoch 0 stream: {len(ids):,} tokens, {int(ans.sum()):,} answer tokens")
+    log(f"epoch 0 stream: {len(ids):,} tokens, {int((ans == ANSWER).sum()):,} answer tokens, "
+        f"{int((ans == COPY).sum()):,} copy tokens")
     history = []
     tokens_per_step = cfg.batch_size * cfg.seq_len
     for step in range(cfg.steps):
@@ -177,8 +185,9 @@ def train(out_dir: Path, suites_dir: Path | None, cfg: DemoTrainConfig, log=prin
         pos += tokens_per_step
         x = chunk[:-1].view(cfg.batch_size, cfg.seq_len)
         y = chunk[1:].view(cfg.batch_size, cfg.seq_len)
-        ya = amask[1:].view(cfg.batch_size, cfg.seq_len)
-        keep = ya | (torch.rand(y.shape, generator=gen) < cfg.other_loss_fraction)
+        cls = amask[1:].view(cfg.batch_size, cfg.seq_len)
+        ya = cls == ANSWER
+        keep = (cls != OTHER) | (torch.rand(y.shape, generator=gen) < cfg.other_loss_fraction)
         frac = min(1.0, (step + 1) / cfg.warmup)
         lr = cfg.lr * frac * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
         for g in opt.param_groups:

@@ -1,0 +1,1 @@
+"""Bundled package data: the demo Engram model (demo-model/) and its held-out eval suites (suites/)."""
