@@ -47,9 +47,7 @@ def ablate(
 ) -> None:
     """Ablate the Engram modules and report retained task performance (paper §6.3, Figure 6).
 
-    Scores every task with and without the ablation on the same items; retained = ablated /
-    baseline, with a paired-bootstrap 95 % CI, flipped items, chance-corrected retention,
-    next-token KL(base || ablated) and category roll-ups next to the paper's values.
+    Scores every task with and without the ablation on the same items; retained = ablated / baseline, with a paired-bootstrap 95 % CI, flipped items, chance-corrected retention, next-token KL(base || ablated) and category roll-ups next to the paper's values.
     """
     from engram_cli.errors import UsageError
 

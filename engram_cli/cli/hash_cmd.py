@@ -42,8 +42,7 @@ def hash_command(
 ) -> None:
     """Hash tokens: per token its compressed id and, per Engram layer, each (order, head) row id.
 
-    Use it to check an engine's ids against ours; --json output is the stable contract
-    engram.hash/1 (id arrays shaped tokens x layers x columns).
+    Use it to check an engine's ids against ours; --json output is the stable contract engram.hash/1 (id arrays shaped tokens x layers x columns).
     """
     import numpy as np
 
