@@ -17,7 +17,7 @@ every prime >= 2**14 (smaller primes use integer ``%``). A torch kernel serves C
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,16 +25,24 @@ import numpy as np
 # Float reciprocal modulo is exact when the estimate's error stays below 0.5:
 # (2**63 / p) * 3 * 2**-53 < 0.5  <=>  p > 6 * 2**10; use a safe margin.
 _FLOAT_MOD_MIN_PRIME = 1 << 14
-_CHUNK = 4096
+_CHUNK = 16384
 
 
 @dataclass(frozen=True)
 class HashIds:
-    """Hash output, each ``[batch, tokens, layers, columns]`` int64 (numpy or torch)."""
+    """Hash output: compressed ids ``[batch, tokens]`` and global row ids
+    ``[batch, tokens, layers, columns]`` int64 (numpy, or torch on the input's device).
 
-    compressed: Any  # [batch, tokens] compressed ids (or raw ids where there is no compression)
-    local: Any
+    ``local`` (head-local ids) is derived on access as ``global_ - offsets``.
+    """
+
+    compressed: Any
     global_: Any
+    offsets: Any = field(repr=False, default=None)  # [layers, columns], same library as global_
+
+    @property
+    def local(self) -> Any:
+        return self.global_ - self.offsets
 
 
 def available_lookbacks(
@@ -65,31 +73,6 @@ def available_lookbacks(
     return np.clip(avail, 0, max_ngram_size).astype(np.int8)
 
 
-def _mod_columns(mix: np.ndarray, primes_i: np.ndarray, inv_f: np.ndarray, use_float: np.ndarray, out: np.ndarray) -> None:
-    """out[:, j] = mix mod primes_i[j] for one order's heads (0 <= mix < 2**63).
-
-    Shifting mix down by half the smallest prime before the reciprocal multiply puts the
-    truncated quotient in {floor(mix/p) - 1, floor(mix/p)}: the estimate's error stays
-    below 0.25 for p >= 2**14 while the shift is ~0.5 for every head of one order, whose
-    primes differ by far less than 1 %. So r = mix - q*p lies in [0, 2p) and one unsigned
-    minimum finishes it.
-    """
-    if use_float.all() and primes_i.max() < 1.01 * primes_i.min():
-        shifted = mix.astype(np.float64)
-        shifted -= 0.5 * float(primes_i.min())
-        y = np.multiply(shifted[:, None], inv_f[None, :])
-        q = y.astype(np.int64)  # trunc toward zero
-        q *= primes_i[None, :]
-        np.subtract(mix[:, None], q, out=q)  # r in [0, 2p)
-        # r - p wraps to a huge unsigned value when r < p, so the unsigned minimum picks r.
-        yi = y.view(np.int64)
-        np.subtract(q, primes_i[None, :], out=yi)
-        np.minimum(q.view(np.uint64), yi.view(np.uint64), out=out.view(np.uint64))
-        return
-    for j in range(primes_i.shape[0]):
-        np.remainder(mix, primes_i[j], out=out[:, j])
-
-
 def hash_numpy(
     compressed: np.ndarray,
     avail: np.ndarray,
@@ -100,33 +83,35 @@ def hash_numpy(
     n_heads: int,
     chunk: int = _CHUNK,
     threads: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The chunked numpy kernel. Returns (local, global) ``[B, T, L, C]`` int64.
+) -> np.ndarray:
+    """The chunked numpy kernel: global row ids ``[B, T, L, C]`` int64.
 
-    Chunks are spread over ``threads`` worker threads (default: one per CPU, at most 8);
-    numpy releases the GIL inside its loops, so they run in parallel.
+    Each chunk of tokens is hashed head by head into a small column-major scratch buffer
+    (long contiguous loops that stay in cache), offset, and written transposed into the
+    output. Chunks are spread over ``threads`` worker threads (default: one per CPU, at most
+    8); numpy releases the GIL inside its loops, so they run in parallel.
     """
     b, t = compressed.shape
     n_layers = len(primes)
     n_cols = len(primes[0]) if n_layers else 0
-    n_orders = n_cols // n_heads if n_heads else 0
-    max_n = n_orders + 1
+    max_n = (n_cols // n_heads if n_heads else 0) + 1
     flat = np.ascontiguousarray(compressed, dtype=np.int64).reshape(-1)
     avail_flat = avail.reshape(-1)
     total = flat.shape[0]
-    local = np.empty((total, n_layers, n_cols), dtype=np.int64)
     glob = np.empty((total, n_layers, n_cols), dtype=np.int64)
     # Left-pad so that x[t-k] indexing never wraps; availability decides what is real.
     padded = np.concatenate([np.full(max_n - 1, pad_id, dtype=np.int64), flat])
-    mults = [np.asarray(m, dtype=np.int64) for m in multipliers]
-    prime_arr = [np.asarray(p, dtype=np.int64) for p in primes]
-    inv = [1.0 / np.asarray(p, dtype=np.float64) for p in primes]
-    use_float = [p >= _FLOAT_MOD_MIN_PRIME for p in prime_arr]
-    off_arr = [np.asarray(o, dtype=np.int64) for o in offsets]
+    mults = [[np.int64(m) for m in ms] for ms in multipliers]
+    heads = [_HeadModulus.for_order(primes[li][o * n_heads : (o + 1) * n_heads]) for li in range(n_layers)
+             for o in range(max_n - 1)]
+    offs = [np.asarray(o, dtype=np.int64)[:, None] for o in offsets]
 
     def run(lo: int, hi: int) -> None:
+        scratch = np.empty((n_cols, chunk), dtype=np.int64)
+        work = _Scratch(n_heads, chunk)
         for s in range(lo, hi, chunk):
             e = min(hi, s + chunk)
+            n = e - s
             av = avail_flat[s:e]
             full = bool((av >= max_n).all())
             toks = []
@@ -140,9 +125,11 @@ def hash_numpy(
                 mix = toks[0] * m[0]
                 for k in range(1, max_n):
                     mix = np.bitwise_xor(mix, toks[k] * m[k])
-                    cols = slice((k - 1) * n_heads, k * n_heads)
-                    _mod_columns(mix, prime_arr[li][cols], inv[li][cols], use_float[li][cols], local[s:e, li, cols])
-                np.add(local[s:e, li], off_arr[li][None, :], out=glob[s:e, li])
+                    rows = scratch[(k - 1) * n_heads : k * n_heads, :n]
+                    heads[li * (max_n - 1) + k - 1].mod(mix, rows, work)
+                block = scratch[:, :n]
+                block += offs[li]
+                glob[s:e, li] = block.T
 
     n_chunks = -(-total // chunk) if total else 0
     workers = max(1, min(threads or min(os.cpu_count() or 1, 8), n_chunks))
@@ -154,7 +141,55 @@ def hash_numpy(
         per = -(-n_chunks // workers) * chunk
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(lambda lo: run(lo, min(total, lo + per)), range(0, total, per)))
-    return local.reshape(b, t, n_layers, n_cols), glob.reshape(b, t, n_layers, n_cols)
+    return glob.reshape(b, t, n_layers, n_cols)
+
+
+class _Scratch:
+    """Per-thread float/int buffers for one chunk of one order's heads."""
+
+    def __init__(self, n_heads: int, chunk: int):
+        self.shifted = np.empty(chunk, dtype=np.float64)
+        self.quot = np.empty((n_heads, chunk), dtype=np.float64)
+        self.r = np.empty((n_heads, chunk), dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class _HeadModulus:
+    """``mix mod p`` for the heads of one (layer, order), written to ``out[head, token]``.
+
+    When every prime is >= 2**14 and they lie within 1 % of each other (always true for
+    real layouts), the quotient comes from a float64 reciprocal of ``mix - p_min/2``: its
+    error stays below 0.25 while the shift is ~0.5, so the truncated quotient is
+    floor(mix/p) or one less, ``r = mix - q*p`` lies in [0, 2p), and one unsigned minimum
+    with ``r - p`` finishes it. Otherwise plain integer ``%``. Heads run as rows of 2-D
+    arrays so every numpy loop is long and contiguous.
+    """
+
+    primes: np.ndarray  # [heads, 1] int64
+    inverses: np.ndarray  # [heads, 1] float64
+    use_float: bool
+
+    @classmethod
+    def for_order(cls, primes: Sequence[int]) -> "_HeadModulus":
+        ps = [int(p) for p in primes]
+        ok = min(ps) >= _FLOAT_MOD_MIN_PRIME and max(ps) < 1.01 * min(ps)
+        arr = np.asarray(ps, dtype=np.int64)[:, None]
+        return cls(arr, 1.0 / arr.astype(np.float64), ok)
+
+    def mod(self, mix: np.ndarray, out: np.ndarray, work: _Scratch) -> None:
+        n = mix.shape[0]
+        if not self.use_float:
+            np.remainder(mix[None, :], self.primes, out=out)
+            return
+        shifted, quot, r = work.shifted[:n], work.quot[:, :n], work.r[:, :n]
+        np.copyto(shifted, mix, casting="unsafe")
+        shifted -= 0.5 * float(self.primes[0, 0])
+        np.multiply(shifted[None, :], self.inverses, out=quot)
+        np.copyto(out, quot, casting="unsafe")  # trunc toward zero
+        out *= self.primes
+        np.subtract(mix[None, :], out, out=out)  # r in [0, 2p)
+        np.subtract(out, self.primes, out=r)  # wraps to a huge unsigned value when r < p
+        np.minimum(out.view(np.uint64), r.view(np.uint64), out=out.view(np.uint64))
 
 
 def hash_torch(
@@ -165,8 +200,8 @@ def hash_torch(
     primes: Sequence[Sequence[int]],
     offsets: Sequence[Sequence[int]],
     n_heads: int,
-) -> tuple[Any, Any]:
-    """Whole-tensor torch kernel (any device). Same contract as :func:`hash_numpy`."""
+) -> Any:
+    """Whole-tensor torch kernel (any device): global row ids, as :func:`hash_numpy`."""
     import torch
 
     x = compressed.to(torch.int64)
@@ -181,7 +216,8 @@ def hash_torch(
     for k in range(max_n):
         tk = padded[:, max_n - 1 - k : max_n - 1 - k + t]
         toks.append(torch.where(avail > k, tk, torch.full_like(tk, pad_id)))
-    local = torch.empty((b, t, n_layers, n_cols), dtype=torch.int64, device=dev)
+    glob = torch.empty((b, t, n_layers, n_cols), dtype=torch.int64, device=dev)
+    off = torch.tensor([list(o) for o in offsets], dtype=torch.int64, device=dev)
     for li in range(n_layers):
         m = multipliers[li]
         p = torch.tensor(list(primes[li]), dtype=torch.int64, device=dev)
@@ -189,6 +225,5 @@ def hash_torch(
         for k in range(1, max_n):
             mix = torch.bitwise_xor(mix, toks[k] * int(m[k]))
             cols = slice((k - 1) * n_heads, k * n_heads)
-            local[:, :, li, cols] = torch.remainder(mix.unsqueeze(-1), p[cols])
-    off = torch.tensor([list(o) for o in offsets], dtype=torch.int64, device=dev)
-    return local, local + off
+            glob[:, :, li, cols] = torch.remainder(mix.unsqueeze(-1), p[cols]) + off[li, cols]
+    return glob

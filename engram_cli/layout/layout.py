@@ -192,23 +192,28 @@ class EngramLayout:
             ids_t = input_ids if is_torch else torch.from_numpy(raw)
             ids_t = ids_t.reshape(shape)
             comp = self.compress(ids_t)
-            local, glob = hashing.hash_torch(
+            glob = hashing.hash_torch(
                 comp, torch.from_numpy(avail), self.compressed_pad_id, self.multipliers, self.primes, self.offsets, self.n_heads
             )
             if not is_torch:
-                comp, local, glob = comp.numpy(), local.numpy(), glob.numpy()
+                comp, glob = comp.numpy(), glob.numpy()
         else:
             comp = self.compress(raw.reshape(shape))
-            local, glob = hashing.hash_numpy(
+            glob = hashing.hash_numpy(
                 comp, avail, self.compressed_pad_id, self.multipliers, self.primes, self.offsets, self.n_heads
             )
             if is_torch:
                 import torch
 
-                comp, local, glob = (torch.from_numpy(a).to(device) for a in (comp, local, glob))
+                comp, glob = (torch.from_numpy(a).to(device) for a in (comp, glob))
         if one_d:
-            comp, local, glob = comp[0], local[0], glob[0]
-        return hashing.HashIds(compressed=comp, local=local, global_=glob)
+            comp, glob = comp[0], glob[0]
+        offsets = np.asarray(self.offsets, dtype=np.int64)
+        if _is_torch(glob):
+            import torch
+
+            offsets = torch.from_numpy(offsets).to(glob.device)
+        return hashing.HashIds(compressed=comp, global_=glob, offsets=offsets)
 
     # --- validation ------------------------------------------------------------------
     def validate_against_config(self, config: dict[str, Any]) -> list[dict[str, Any]]:
