@@ -170,14 +170,36 @@ class Evaluator:
         return res
 
     # ------------------------------------------------------------------ perplexity
-    def rolling(self, items, conditions, progress=None) -> ItemScores:
+    def _vocab_size(self) -> int:
+        emb = getattr(self.view.model, "get_output_embeddings", lambda: None)()
+        if emb is not None and getattr(emb, "weight", None) is not None:
+            return int(emb.weight.shape[0])
+        return int(getattr(getattr(self.view.model, "config", None), "vocab_size", 0) or 50_000)
+
+    def rolling(self, items, conditions, progress=None, logit_budget: int = 1 << 26) -> ItemScores:
+        """Perplexity: summed next-token NLL per item (and mean KL per item across conditions).
+
+        Sequences go through the model in groups whose scored positions times the vocab stay
+        under ``logit_budget`` floats (64 M = 256 MiB per log-prob tensor), so memory does not
+        grow with --batch-size, the documents' length or the vocab.
+        """
         import torch
 
         res = ItemScores(scores=[[] for _ in conditions])
         kls: list[float] = []
-        for b0 in range(0, len(items), self.batch_size):
-            batch = items[b0:b0 + self.batch_size]
-            seqs = [self.tok.encode(it["text"])[: self.max_length] for it in batch]
+        max_rows = max(1, logit_budget // max(1, self._vocab_size()))
+        seqs_all = [self.tok.encode(it["text"])[: self.max_length] for it in items]
+        groups: list[list[int]] = []
+        for i, s in enumerate(seqs_all):
+            rows = max(1, len(s) - 1)
+            if groups and len(groups[-1]) < self.batch_size and \
+                    sum(max(1, len(seqs_all[j]) - 1) for j in groups[-1]) + rows <= max_rows:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        done = 0
+        for group in groups:
+            seqs = [seqs_all[i] for i in group]
             x = self._pad(seqs)
             mask = torch.zeros_like(x, dtype=torch.bool)
             for k, s in enumerate(seqs):
@@ -199,10 +221,12 @@ class Evaluator:
                 for k in range(len(seqs)):
                     kls.append(float(kl[pos:pos + counts[k]].mean()))
                     pos += counts[k]
+            del lps
             for s in seqs:
                 res.tokens.append(len(s) - 1)
+            done += len(group)
             if progress:
-                progress(min(b0 + self.batch_size, len(items)), len(items), "")
+                progress(done, len(items), "")
         res.kl = kls
         return res
 
