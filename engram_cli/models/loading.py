@@ -101,9 +101,13 @@ def load_model(spec: str | os.PathLike | None = None, *, device: str = "auto", d
     if path.is_file():
         if path.suffix != ".gguf":
             raise BadInputError(f"{path} is a file but not a .gguf", hint="pass a model directory or a .gguf file")
-        gguf_file, path = path.name, path.parent
+        # an absolute path: transformers looks a bare ``gguf_file`` name up in the current directory
+        # before ``path``, so a same-named file there would silently supply the weights
+        path = path.resolve()
+        gguf_file, path = str(path), path.parent
     elif not (path / "config.json").is_file():
         raise BadInputError(f"{path} has no config.json", hint="not a transformers model directory")
+    where = gguf_file or str(path)
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "local_files_only": True}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
@@ -114,7 +118,7 @@ def load_model(spec: str | os.PathLike | None = None, *, device: str = "auto", d
             AutoConfig.from_pretrained(str(path), local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError, KeyError) as exc:
-        raise BadInputError(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from None
+        raise BadInputError(f"cannot load model from {where}: {str(exc).splitlines()[0]}") from None
     if not device_map:
         model = model.to(dev)
     model.eval()
