@@ -161,13 +161,22 @@ def e4m3_e8m0_lut(out_dtype: str) -> np.ndarray:
     return out.reshape(-1)
 
 
-def lut_decode(w: np.ndarray, s: np.ndarray, group: int, out_dtype: str) -> np.ndarray:
+def _out_view(out: np.ndarray | None, shape: tuple[int, ...], dtype) -> np.ndarray | None:
+    """``out`` (a uint8 buffer of at least the needed bytes, e.g. a pooled block) viewed as ``shape``."""
+    if out is None:
+        return None
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return out.reshape(-1)[:nbytes].view(dtype).reshape(shape)
+
+
+def lut_decode(w: np.ndarray, s: np.ndarray, group: int, out_dtype: str, out: np.ndarray | None = None) -> np.ndarray:
     """fp8-e4m3 bytes ``w [n, C]`` with e8m0 bytes ``s [n, ceil(C/group)]`` (one per ``group``
-    columns of a row) -> output bits ``[n, C]`` (uint16 bf16 or uint32 fp32), chunk by chunk."""
+    columns of a row) -> output bits ``[n, C]`` (uint16 bf16 or uint32 fp32), chunk by chunk,
+    into ``out`` (a contiguous uint8 buffer of at least that many bytes) when given."""
     lut = e4m3_e8m0_lut(out_dtype)
     n, cols = w.shape
     g = s.shape[1]
-    out = np.empty((n, cols), lut.dtype)
+    out = _out_view(out, (n, cols), lut.dtype) if out is not None else np.empty((n, cols), lut.dtype)
     if n == 0:
         return out
     ch = max(1, min(n, CHUNK_ELEMS // max(1, cols)))
@@ -186,7 +195,8 @@ def lut_decode(w: np.ndarray, s: np.ndarray, group: int, out_dtype: str) -> np.n
     return out
 
 
-def dequant_tiles(w: np.ndarray, s_tiles: np.ndarray, row0: int, tile: int = 32, out_dtype: str = "BF16") -> np.ndarray:
+def dequant_tiles(w: np.ndarray, s_tiles: np.ndarray, row0: int, tile: int = 32, out_dtype: str = "BF16",
+                  out: np.ndarray | None = None) -> np.ndarray:
     """Rows ``[row0, row0 + n)`` of an fp8-e4m3 matrix with ``tile x tile`` e8m0 block scales
     (``s_tiles`` holds tile rows ``row0 // tile ..``) -> bf16/fp32 bits ``[n, C]``.
 
@@ -195,7 +205,7 @@ def dequant_tiles(w: np.ndarray, s_tiles: np.ndarray, row0: int, tile: int = 32,
     """
     n = w.shape[0]
     rows = (np.arange(row0, row0 + n) // tile) - row0 // tile
-    return lut_decode(w, s_tiles[rows], tile, out_dtype)
+    return lut_decode(w, s_tiles[rows], tile, out_dtype, out)
 
 
 # ---------------------------------------------------------------- decode / encode
@@ -288,23 +298,27 @@ def _chunks(n: int, dim: int):
         yield a, min(n, a + ch)
 
 
-def convert(src: Encoding, dst: Encoding, dim: int, w: np.ndarray, s: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+def convert(src: Encoding, dst: Encoding, dim: int, w: np.ndarray, s: np.ndarray | None,
+            out_w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Convert one row block. Same encoding: the bytes pass through unchanged.
 
     fp8 x e8m0 -> bf16/fp32 uses the lookup tables (numpy only); every other direction runs
-    the torch codec over cache-sized row chunks into preallocated outputs.
+    the torch codec over cache-sized row chunks into preallocated outputs. ``out_w`` (a
+    contiguous uint8 buffer of at least ``n * weight_row_bytes`` bytes, e.g. a pooled block)
+    receives the converted weights where the path allows (not for a pass-through).
     """
     if _passthrough(src, dst):
         return w, s
     n = w.shape[0]
     if s is not None and is_fp8_e8m0(src) and dst.scale_dtype is None and dst.weight_dtype in ("BF16", "F32"):
-        bits = lut_decode(w.reshape(n, dim), s.reshape(n, -1), src.group, dst.weight_dtype)
+        bits = lut_decode(w.reshape(n, dim), s.reshape(n, -1), src.group, dst.weight_dtype, out_w)
         return bits.view(np.uint8).reshape(n, -1), None
     mid = _mid(src, dst)
     ch = max(1, CHUNK_ELEMS // max(1, dim))
-    if n <= ch:
+    if n <= ch and out_w is None:
         return encode(decode(src, dim, w, s, mid), dst, dim)
-    wo = np.empty((n, dst.weight_row_bytes(dim)), np.uint8)
+    wo = _out_view(out_w, (n, dst.weight_row_bytes(dim)), np.uint8) if out_w is not None else \
+        np.empty((n, dst.weight_row_bytes(dim)), np.uint8)
     so = np.empty((n, dst.scale_row_bytes(dim)), np.uint8) if dst.scale_dtype else None
     for a, b in _chunks(n, dim):
         ww, ss = encode(decode(src, dim, w[a:b], s[a:b] if s is not None else None, mid), dst, dim)
