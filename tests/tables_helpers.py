@@ -152,3 +152,12 @@ def make_qwen_nvfp4_checkpoint(root: Path, *, rows: int = 1000, dim: int = 160, 
     (root / "config.json").write_text(json.dumps({"architectures": ["Qwen4ExpForCausalLM"],
                                                   "text_config": {"split_ngram_parts": parts, "ple_embed_dim": dim}}))
     return root
+
+
+def run_shard(*args):
+    """Invoke ``engram shard ARGS...`` in-process; returns the click Result."""
+    from typer.testing import CliRunner
+
+    from engram_cli.cli.app import app
+
+    return CliRunner().invoke(app, ["shard", *map(str, args)])

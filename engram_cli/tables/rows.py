@@ -165,11 +165,7 @@ class RowReader:
         if not out.flags.c_contiguous:  # e.g. the weight columns of a rows block: read whole, then place
             out[:] = self.read(segments, start, stop, part_bytes, self.scratch("strided", n * part_bytes))
             return out
-        pos = start
-        for seg in segments:
-            if seg.stop <= pos or seg.start >= stop:
-                continue
-            a, b = max(pos, seg.start), min(stop, seg.stop)
+        for seg, a, b in _spans(segments, start, stop):
             dst = out[a - start : b - start]
             off = seg.offset + (a - seg.start) * seg.stride
             if seg.stride == part_bytes and seg.col == 0:
@@ -178,11 +174,6 @@ class RowReader:
                 raw = np.frombuffer(self.read_bytes(seg.path, off, (b - a) * seg.stride,
                                                     memoryview(self.scratch("raw", (b - a) * seg.stride))), dtype=np.uint8)
                 dst[:] = raw.reshape(b - a, seg.stride)[:, seg.col : seg.col + part_bytes]
-            pos = b
-            if pos >= stop:
-                break
-        if pos < stop:
-            raise BadInputError(f"rows {pos}..{stop} are not stored in any source segment")
         return out
 
     def weight(self, t: TableInfo, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -195,21 +186,30 @@ class RowReader:
         """Rows ``[start, stop)`` of one part as contiguous ``(path, offset, nbytes)`` source ranges
         (adjacent ones merged), or None when a segment stores them interleaved with other bytes."""
         out: list[tuple[str, int, int]] = []
-        pos = start
-        for seg in segments:
-            if seg.stop <= pos or seg.start >= stop:
-                continue
+        for seg, a, b in _spans(segments, start, stop):
             if seg.stride != part_bytes or seg.col != 0:
                 return None
-            a, b = max(pos, seg.start), min(stop, seg.stop)
             off, n = seg.offset + (a - seg.start) * seg.stride, (b - a) * part_bytes
             if out and out[-1][0] == seg.path and out[-1][1] + out[-1][2] == off:
                 out[-1] = (seg.path, out[-1][1], out[-1][2] + n)
             else:
                 out.append((seg.path, off, n))
-            pos = b
-            if pos >= stop:
-                break
-        if pos < stop:
-            raise BadInputError(f"rows {pos}..{stop} are not stored in any source segment")
         return out
+
+
+def _spans(segments: tuple[Segment, ...], start: int, stop: int) -> Iterator[tuple[Segment, int, int]]:
+    """The rows ``[a, b)`` of ``[start, stop)`` that each segment stores, in order.
+
+    Raises BadInputError when some rows are stored in no segment.
+    """
+    pos = start
+    for seg in segments:
+        if seg.stop <= pos or seg.start >= stop:
+            continue
+        a, b = max(pos, seg.start), min(stop, seg.stop)
+        yield seg, a, b
+        pos = b
+        if pos >= stop:
+            break
+    if pos < stop:
+        raise BadInputError(f"rows {pos}..{stop} are not stored in any source segment")

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import xxhash
-from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tables_helpers import make_v41_checkpoint  # noqa: E402
+from tests.tables_helpers import make_v41_checkpoint, run_shard
 
-from engram_cli.cli.app import app  # noqa: E402
-
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, ["shard", *map(str, args)])
+run = run_shard
 
 
 @pytest.fixture(scope="module")

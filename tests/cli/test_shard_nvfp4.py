@@ -4,24 +4,14 @@ and pieces are re-partitioned by row with their bytes copied through."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tables_helpers import QWEN_NGRAM, make_qwen_nvfp4_checkpoint, read_tables  # noqa: E402
+from tests.tables_helpers import QWEN_NGRAM, make_qwen_nvfp4_checkpoint, read_tables, run_shard
 
-from engram_cli.cli.app import app  # noqa: E402
-
-runner = CliRunner()
 BASE = QWEN_NGRAM.format(layer=1)
-
-
-def run(*args):
-    return runner.invoke(app, ["shard", *map(str, args)])
+run = run_shard
 
 
 def _whole(tensors: dict, suffix: str) -> np.ndarray:

@@ -4,24 +4,14 @@ BF16 (hf and gguf), block by block, bit-exact against a straightforward referenc
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tables_helpers import WKV_SHAPE, make_v41_checkpoint, read_tables, wkv_reference  # noqa: E402
+from tests.tables_helpers import WKV_SHAPE, make_v41_checkpoint, read_tables, wkv_reference, run_shard
 
-from engram_cli.cli.app import app  # noqa: E402
-
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, ["shard", *map(str, args)])
+run = run_shard
 
 
 @pytest.fixture(scope="module")
