@@ -10,6 +10,3 @@ from typing import Callable, Optional
 
 ProgressCallback = Callable[[float, Optional[float], str], None]
 
-
-def no_progress(completed: float, total: float | None, description: str) -> None:
-    """A progress callback that does nothing."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -314,9 +313,6 @@ class EngramLayout:
         from engram_cli.layout.store import save_layout
 
         return save_layout(self, directory, token_map_format=token_map_format)
-
-    def with_token_map(self, token_map: np.ndarray | None) -> "EngramLayout":
-        return dataclasses.replace(self, token_map=token_map)
 
     # --- construction ----------------------------------------------------------------
     @classmethod

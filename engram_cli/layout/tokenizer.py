@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,9 +66,10 @@ def load_tokenizer(path: str | Path | None = None) -> "Tokenizer":
         raise BadInputError(f"{file} is not a tokenizer.json: {first}") from None
 
 
-def tokenizer_fingerprint(tokenizer: "Tokenizer") -> str:
-    """sha256 (first 16 hex digits) of the tokenizer's canonical JSON."""
-    return hashlib.sha256(tokenizer.to_str().encode("utf-8")).hexdigest()[:16]
+def tokenizer_fingerprint(tokenizer: "Tokenizer", text: str | None = None) -> str:
+    """sha256 (first 16 hex digits) of the tokenizer's canonical JSON (``text`` if given)."""
+    text = tokenizer.to_str() if text is None else text
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _normalizer() -> Any:
@@ -168,24 +168,11 @@ def build_token_map(tokenizer: "Tokenizer") -> TokenMap:
     return TokenMap(lookup=lookup, keys=tuple(keys), fingerprint=tokenizer_fingerprint(tokenizer))
 
 
-def token_map_from_lookup(lookup: np.ndarray, fingerprint: str = "") -> TokenMap:
-    """A TokenMap from a saved lookup (keys are not saved: they read as empty strings)."""
-    lookup = np.asarray(lookup, dtype=np.int64)
-    size = int(lookup.max()) + 1 if lookup.size else 0
-    return TokenMap(lookup=lookup, keys=tuple("" for _ in range(size)), fingerprint=fingerprint)
-
-
 def tokenizer_summary(tokenizer: "Tokenizer") -> dict[str, Any]:
     """Small, JSON-able description of a tokenizer for layout files."""
-    model = json.loads(tokenizer.to_str()).get("model", {})
+    text = tokenizer.to_str()
     return {
-        "model_type": model.get("type"),
+        "model_type": json.loads(text).get("model", {}).get("type"),
         "vocab_size": tokenizer.get_vocab_size(with_added_tokens=True),
-        "fingerprint": tokenizer_fingerprint(tokenizer),
+        "fingerprint": tokenizer_fingerprint(tokenizer, text),
     }
-
-
-def class_size_histogram(token_map: TokenMap) -> dict[str, int]:
-    """How many compressed ids merge 1, 2, 3, ... raw ids."""
-    counts = Counter(int(s) for s in token_map.class_sizes())
-    return {str(k): counts[k] for k in sorted(counts)}
