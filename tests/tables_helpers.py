@@ -82,12 +82,7 @@ def make_v41_checkpoint(root: Path, *, vocab_base: int = 300, seed: int = 0, sca
     }
     for fname, names in extra.items():
         shards[fname] = shards[fname] + names
-    wm = {}
-    for fname, names in shards.items():
-        save_file({n: t[n].contiguous() for n in names}, str(root / fname), metadata={"format": "pt"})
-        wm.update({n: fname for n in names})
-    total = sum(t[n].numel() * t[n].element_size() for n in wm)
-    (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": wm}))
+    write_sharded(root, t, shards)
     (root / "config.json").write_text(json.dumps({"architectures": ["Test"], "note": "synthetic"}))
     if save_layout:
         lay.save(root)
@@ -143,12 +138,7 @@ def make_qwen_nvfp4_checkpoint(root: Path, *, rows: int = 1000, dim: int = 160, 
     names = sorted(t)
     half = len(names) // 2
     shards = {"model-00001-of-00002.safetensors": names[:half], "model-00002-of-00002.safetensors": names[half:]}
-    wm = {}
-    for fname, ns in shards.items():
-        save_file({n: t[n].contiguous() for n in ns}, str(root / fname), metadata={"format": "pt"})
-        wm.update({n: fname for n in ns})
-    total = sum(t[n].numel() * t[n].element_size() for n in wm)
-    (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": wm}))
+    write_sharded(root, t, shards)
     (root / "config.json").write_text(json.dumps({"architectures": ["Qwen4ExpForCausalLM"],
                                                   "text_config": {"split_ngram_parts": parts, "ple_embed_dim": dim}}))
     return root
@@ -161,3 +151,13 @@ def run_shard(*args):
     from engram_cli.cli.app import app
 
     return CliRunner().invoke(app, ["shard", *map(str, args)])
+
+
+def write_sharded(root: Path, tensors: dict, shards: dict[str, list[str]]) -> None:
+    """Save ``tensors`` into the named shard files and write ``model.safetensors.index.json``."""
+    wm = {}
+    for fname, names in shards.items():
+        save_file({n: tensors[n].contiguous() for n in names}, str(root / fname), metadata={"format": "pt"})
+        wm.update({n: fname for n in names})
+    total = sum(tensors[n].numel() * tensors[n].element_size() for n in wm)
+    (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": wm}))

@@ -58,20 +58,36 @@ def _fmt(n: float) -> str:
     return format_bytes(n)
 
 
+def _render_ranges(out: Output, plan) -> None:
+    from rich.table import Table
+
+    rt = Table(title=f"row ranges: {plan.policy}, P={plan.world}" + (f", EDP={plan.edp}" if plan.edp > 1 else ""))
+    for c in ("layer", "rank", "rows [start, stop)", "n rows", "heads", "pad"):
+        rt.add_column(c, justify="right" if c != "rows [start, stop)" else "left")
+    for layer, rr in plan.ranges:
+        for r in rr:
+            rows = f"{r.start}–{r.stop}" if r.contiguous else f"{len(r.pieces)} pieces ({r.pieces[0].start}–{r.pieces[-1].stop})"
+            heads = f"{r.heads[0]}–{r.heads[1]}" if r.heads else ("per head" if r.pieces and r.pieces[0].head is not None else "")
+            rank = f"{r.rank}" + (f" (tp {r.tp_rank}, edp {r.edp_rank})" if r.tp_rank is not None else "")
+            rt.add_row(str(layer), rank, rows, f"{r.rows:,}", heads, str(r.pad_rows or ""))
+    out.print(rt)
+
+
+def _show_plan(out: Output, plan, json_: bool) -> None:
+    """The --dry-run / `plan` result: one JSON document or the rich tables."""
+    from engram_cli.tables.api import plan_doc
+
+    if json_:
+        out.emit_json({"schema": SCHEMA, "dry_run": True, "plan": plan_doc(plan)})
+    else:
+        _render_plan(out, plan)
+
+
 def _render_plan(out: Output, plan) -> None:
     from rich.table import Table
 
     if plan.ranges:
-        rt = Table(title=f"row ranges: {plan.policy}, P={plan.world}" + (f", EDP={plan.edp}" if plan.edp > 1 else ""))
-        for c in ("layer", "rank", "rows [start, stop)", "n rows", "heads", "pad"):
-            rt.add_column(c, justify="right" if c != "rows [start, stop)" else "left")
-        for layer, rr in plan.ranges:
-            for r in rr:
-                rows = f"{r.start}–{r.stop}" if r.contiguous else f"{len(r.pieces)} pieces ({r.pieces[0].start}–{r.pieces[-1].stop})"
-                heads = f"{r.heads[0]}–{r.heads[1]}" if r.heads else ("per head" if r.pieces and r.pieces[0].head is not None else "")
-                rank = f"{r.rank}" + (f" (tp {r.tp_rank}, edp {r.edp_rank})" if r.tp_rank is not None else "")
-                rt.add_row(str(layer), rank, rows, f"{r.rows:,}", heads, str(r.pad_rows or ""))
-        out.print(rt)
+        _render_ranges(out, plan)
     ft = Table(title=f"plan: {plan.target} from {escape(plan.source)} ({plan.source_format}), dtype {plan.dtype}")
     ft.add_column("file")
     ft.add_column("format")
@@ -122,7 +138,7 @@ def convert(
 ) -> None:
     """Convert or shard the Engram tables of SOURCE into --out (plan, then write, manifest last)."""
     from engram_cli.errors import UsageError
-    from engram_cli.tables.api import plan_doc, prepare
+    from engram_cli.tables.api import prepare
     from engram_cli.tables.manifest import checksum_algorithm
     from engram_cli.tables.units import parse_size
 
@@ -137,10 +153,7 @@ def convert(
                     with_projections)
     prep = prepare(opts)
     if dry_run:
-        if json_:
-            out.emit_json({"schema": SCHEMA, "dry_run": True, "plan": plan_doc(prep.plan)})
-        else:
-            _render_plan(out, prep.plan)
+        _show_plan(out, prep.plan, json_)
         return
     if out_dir is None:
         raise UsageError("--out is required (or pass --dry-run)")
@@ -209,17 +222,13 @@ def plan(
     quiet: QuietOption = False,
 ) -> None:
     """Print the row/head ranges and files a conversion would write; writes nothing."""
-    from engram_cli.tables.api import plan_doc, prepare
+    from engram_cli.tables.api import prepare
 
     out = Output(json_, quiet)
     opts = _options(source, to, from_, family, key, scale_key, layout, config, preset, dtype, max_shard_size, ranks,
                     policy, edp, rank, head_format, packing, split_parts, engram_only, gguf_type, gguf_name,
                     with_projections)
-    prep = prepare(opts)
-    if json_:
-        out.emit_json({"schema": SCHEMA, "dry_run": True, "plan": plan_doc(prep.plan)})
-    else:
-        _render_plan(out, prep.plan)
+    _show_plan(out, prepare(opts).plan, json_)
 
 
 @shard_app.command("ranges")
@@ -255,21 +264,7 @@ def ranges(
         return
     p = ShardPlan("ranges", preset or layout or config or "", "layout", (), (), (), policy=policy, world=ranks, edp=edp,
                   ranges=tuple(rr))
-    _render_plan_ranges_only(out, p)
-
-
-def _render_plan_ranges_only(out: Output, plan) -> None:
-    from rich.table import Table
-
-    rt = Table(title=f"row ranges: {plan.policy}, P={plan.world}")
-    for c in ("layer", "rank", "rows [start, stop)", "n rows", "heads", "pad"):
-        rt.add_column(c)
-    for layer, rr in plan.ranges:
-        for r in rr:
-            rows = f"{r.start}–{r.stop}" if r.contiguous else f"{len(r.pieces)} pieces"
-            heads = f"{r.heads[0]}–{r.heads[1]}" if r.heads else ""
-            rt.add_row(str(layer), str(r.rank), rows, f"{r.rows:,}", heads, str(r.pad_rows or ""))
-    out.print(rt)
+    _render_ranges(out, p)
 
 
 @shard_app.command("verify")

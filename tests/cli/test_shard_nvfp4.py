@@ -14,6 +14,13 @@ BASE = QWEN_NGRAM.format(layer=1)
 run = run_shard
 
 
+
+def _assert_pieces_equal(back: dict, orig: dict) -> None:
+    """Every ngram_embedding piece (weight, scales) of ``orig`` is byte-identical in ``back``."""
+    for k, v in orig.items():
+        if ".ngram_embedding." in k:
+            assert np.array_equal(back[k], v), k
+
 def _whole(tensors: dict, suffix: str) -> np.ndarray:
     """Concatenate shard_0, shard_1, ... of one part (weight / weight_scale) by row."""
     out, i = [], 0
@@ -58,10 +65,7 @@ def test_repartition_copies_bytes_and_scale_2(src, tmp_path):
     # and back to four pieces, from the engram output: byte-identical to the source pieces
     r = run("convert", tmp_path / "p3", "-o", tmp_path / "p4", "--to", "hf", "--split-parts", 4)
     assert r.exit_code == 0, r.output
-    back = read_tables(tmp_path / "p4")
-    for k, v in orig.items():
-        if ".ngram_embedding." in k:
-            assert np.array_equal(back[k], v), k
+    _assert_pieces_equal(read_tables(tmp_path / "p4"), orig)
 
 
 def test_ranks_carry_scale_2_and_round_trip(src, tmp_path):
@@ -76,10 +80,7 @@ def test_ranks_carry_scale_2_and_round_trip(src, tmp_path):
     assert run("verify", tmp_path / "r", "--source", root).exit_code == 0
     r = run("convert", tmp_path / "r", "-o", tmp_path / "b", "--to", "hf", "--split-parts", 4)
     assert r.exit_code == 0, r.output
-    back = read_tables(tmp_path / "b")
-    for k, v in orig.items():
-        if ".ngram_embedding." in k:
-            assert np.array_equal(back[k], v), k
+    _assert_pieces_equal(read_tables(tmp_path / "b"), orig)
 
 
 def test_differing_scale_2_is_refused(tmp_path):
