@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -32,9 +31,9 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, _default_mode(False))
     try:
         yield tmp_path
+        os.chmod(tmp_path, _default_mode(False))  # after the body: writers may re-create the file (mkstemp makes 0600)
         os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -44,8 +43,10 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
 
 def write_json_atomic(target: str | os.PathLike[str], payload: Any) -> None:
     """Write ``payload`` as indented JSON to ``target`` atomically."""
+    from engram_cli.jsonio import to_json_text
+
     with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        tmp.write_text(to_json_text(payload, indent=2) + "\n", encoding="utf-8")
 
 
 @contextlib.contextmanager

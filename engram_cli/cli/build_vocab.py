@@ -2,63 +2,61 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from engram_cli.cli.output import JsonOption, Output, QuietOption, escape, handle_errors
+from engram_cli.cli.options import ConfigOpt, ForceOpt, JsonOpt, OutputOpt, PresetOpt, QuietOpt
+from engram_cli.cli.output import Output, escape
 
 SCHEMA = "engram.build-vocab/1"
 
 
+class TokenMapFormat(str, Enum):
+    safetensors = "safetensors"
+    npy = "npy"
+    json = "json"
+
+
 def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.2f} {unit}"
-        n /= 1024
-    return str(n)
+    from rich.filesize import decimal
+
+    return decimal(n)
 
 
-@handle_errors
 def build_vocab(
     tokenizer: Annotated[
         Optional[Path],
         typer.Argument(help="tokenizer.json or a directory holding one (default: the bundled DeepSeek V4 tokenizer)."),
     ] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Model config.json (or its directory).")] = None,
-    preset: Annotated[
-        Optional[str], typer.Option("--preset", "-p", help="Named layout: deepseek-v4.1-flash (default), deepseek-demo.")
-    ] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the layout into this directory.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="Token map file format: safetensors, npy or json.")] = "safetensors",
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing non-empty output directory.")] = False,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+    output: OutputOpt = None,
+    fmt: Annotated[TokenMapFormat, typer.Option("--format", help="Token map file format.")] = TokenMapFormat.safetensors,
+    force: ForceOpt = False,
     top: Annotated[int, typer.Option("--top", min=0, help="How many of the largest merge classes to show.")] = 10,
-    json_out: JsonOption = False,
-    quiet: QuietOption = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Build the compressed-vocabulary map and the Engram hash layout from a tokenizer.
 
     Writes engram_layout.json and token_map.safetensors (int32 raw -> compressed id) with -o, and validates the result against the config's declared sizes (exit 3 on a mismatch).
     """
     from engram_cli.fsutil import atomic_dir
-    from engram_cli.layout.store import TOKEN_MAP_FILES
     from engram_cli.layout.vocab_report import build_vocab as run
+    from engram_cli.reports import check_output_dir
 
     out = Output(json_out, quiet)
-    if fmt not in TOKEN_MAP_FILES:
-        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(TOKEN_MAP_FILES)}", param_hint="--format")
-    if output is not None and output.exists() and output.is_dir() and any(output.iterdir()) and not force:
-        from engram_cli.errors import UsageError
-
-        raise UsageError(f"output directory {output} is not empty", hint="pass --force to replace it")
+    check_output_dir(output, force)
     out.log("building the compressed vocabulary and layout ...")
-    result = run(None if tokenizer is None else tokenizer, config=config, preset=preset, top=top)
+    result = run(tokenizer, config=config, preset=preset.value if preset else None, top=top)
     layout = result.layout
     files: list[str] = []
     if output is not None:
         with atomic_dir(output, force=force) as tmp:
-            files = layout.save(tmp, token_map_format=fmt)
+            files = layout.save(tmp, token_map_format=fmt.value)
     doc = _document(result, output, files)
     if json_out:
         out.emit_json(doc)
@@ -83,7 +81,7 @@ def _document(result, output: Path | None, files: list[str]) -> dict:
                 "compressed_id": c.compressed_id,
                 "key": c.key,
                 "size": int(tm.class_sizes()[c.compressed_id]),
-                "examples": [{"id": i, "token": t} for i, t in zip(c.raw_ids, c.raw_tokens)],
+                "examples": [{"id": i, "token": t, "text": x} for i, t, x in zip(c.raw_ids, c.raw_tokens, c.texts)],
             }
             for c in result.largest
         ],
@@ -127,7 +125,7 @@ def _render(out: Output, doc: dict) -> None:
         for col in ("compressed id", "key", "raw ids", "examples"):
             merges.add_column(col)
         for c in doc["largest_classes"]:
-            ex = " ".join(repr(e["token"]) for e in c["examples"][:6])
+            ex = " ".join(repr(e["text"]) for e in c["examples"][:6])
             merges.add_row(str(c["compressed_id"]), escape(repr(c["key"])), f"{c['size']:,}", escape(ex))
         out.print(merges)
 
@@ -149,3 +147,7 @@ def _render(out: Output, doc: dict) -> None:
         out.print(checks)
     if doc["output"]:
         out.print(f"wrote {', '.join(doc['output']['files'])} to {escape(doc['output']['dir'])}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("build-vocab")(build_vocab)

@@ -7,29 +7,41 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from engram_cli.cli.output import JsonOption, Output, QuietOption, escape, handle_errors
+from engram_cli.cli.options import ConfigOpt, JsonOpt, LayoutOpt, PresetOpt, QuietOpt, TokenizerOpt
+from engram_cli.cli.output import Output, escape
 
 SCHEMA = "engram.hash/1"
 
 
 def _parse_ids(text: str) -> list[int]:
     try:
-        return [int(tok) for tok in text.replace(",", " ").split()]
+        ids = [int(tok) for tok in text.replace(",", " ").split()]
     except ValueError:
         raise typer.BadParameter("expected integers separated by commas, e.g. 1,2,3", param_hint="--ids") from None
+    if any(not 0 <= i < 2**63 for i in ids):
+        raise typer.BadParameter("token ids must be between 0 and 2**63 - 1", param_hint="--ids")
+    return ids
 
 
-@handle_errors
+def _read_text(file: Path) -> str:
+    from engram_cli.errors import BadInputError
+
+    if not file.is_file():
+        raise BadInputError(f"text file not found: {file}")
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInputError(f"{file} is not UTF-8 text (byte {exc.start})") from None
+
+
 def hash_command(
     text: Annotated[Optional[str], typer.Option("--text", "-t", help="Text to tokenize and hash.")] = None,
     ids: Annotated[Optional[str], typer.Option("--ids", help="Raw token ids, e.g. 1,2,3.")] = None,
     file: Annotated[Optional[Path], typer.Option("--file", "-f", help="A UTF-8 text file to tokenize and hash.")] = None,
-    layout_dir: Annotated[Optional[Path], typer.Option("--layout", "-l", help="Layout directory from build-vocab.")] = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Named layout (default deepseek-v4.1-flash).")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Model config.json to build the layout from.")] = None,
-    tokenizer: Annotated[
-        Optional[Path], typer.Option("--tokenizer", help="tokenizer.json for --text/--file (default: bundled DeepSeek).")
-    ] = None,
+    layout_dir: LayoutOpt = None,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    tokenizer: TokenizerOpt = None,
     dead_token: Annotated[
         Optional[List[int]], typer.Option("--dead-token", help="Raw id treated as dead (image span); repeatable.")
     ] = None,
@@ -37,68 +49,35 @@ def hash_command(
         Optional[List[int]], typer.Option("--seq-start", help="Position where a packed sequence starts; repeatable.")
     ] = None,
     local: Annotated[bool, typer.Option("--local", help="Show head-local ids instead of global row ids.")] = False,
-    json_out: JsonOption = False,
-    quiet: QuietOption = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Hash tokens: per token its compressed id and, per Engram layer, each (order, head) row id.
 
-    Use it to check an engine's ids against ours; --json output is the stable contract engram.hash/1 (id arrays shaped tokens x layers x columns).
+    Text is tokenised with the tokenizer the layout was built from (exit 3 when it cannot be found). Use it to check an engine's ids against ours; --json output is the stable contract engram.hash/1 (id arrays shaped tokens x layers x columns).
     """
     import numpy as np
 
     from engram_cli.errors import UsageError
-    from engram_cli.layout import build_token_map, layout_from_config, layout_from_preset, load_layout, load_tokenizer
-    from engram_cli.layout.config import detect_variant, read_config
+    from engram_cli.layout.resolve import DEFAULT_PRESET, TokenMapNeed, layout_tokenizer, resolve_layout
 
     out = Output(json_out, quiet)
     sources = [s for s in (text, ids, file) if s is not None]
     if len(sources) != 1:
         raise UsageError("pass exactly one of --text, --ids or --file")
-    if sum(x is not None for x in (layout_dir, preset, config)) > 1:
-        raise UsageError("pass at most one of --layout, --preset or --config")
-
-    tok_cache: dict = {}
-
-    def get_tokenizer():
-        if "tok" not in tok_cache:
-            tok_cache["tok"] = load_tokenizer(tokenizer)
-        return tok_cache["tok"]
-
-    if layout_dir is not None:
-        layout = load_layout(layout_dir)
-    elif config is not None:
-        cfg = read_config(config)
-        tm = None if detect_variant(cfg) == "qwen4-exp" else build_token_map(get_tokenizer())
-        layout = layout_from_config(cfg, tm)
-        layout.validate_against_config(cfg)
-    else:
-        layout = layout_from_preset(preset or "deepseek-v4.1-flash", build_token_map(get_tokenizer()))
-
-    if ids is not None:
-        raw = _parse_ids(ids)
-    else:
-        if file is not None:
-            if not file.is_file():
-                from engram_cli.errors import BadInputError
-
-                raise BadInputError(f"text file not found: {file}")
-            try:
-                content = file.read_text(encoding="utf-8")
-            except UnicodeDecodeError:
-                from engram_cli.errors import BadInputError
-
-                raise BadInputError(f"{file} is not UTF-8 text") from None
-        else:
-            content = text or ""
-        tok = get_tokenizer()
-        fp = (layout.tokenizer or {}).get("fingerprint")
-        from engram_cli.layout.tokenizer import tokenizer_fingerprint
-
-        if fp and fp != tokenizer_fingerprint(tok):
-            out.warn("the tokenizer's fingerprint differs from the one the layout was built with")
-        raw = tok.encode(content, add_special_tokens=False).ids
+    raw = _parse_ids(ids) if ids is not None else None
+    content = _read_text(file) if file is not None else text
+    resolved = resolve_layout(layout_dir, config, preset.value if preset else None, tokenizer=tokenizer,
+                              default_preset=DEFAULT_PRESET, need=TokenMapNeed.need)
+    layout = resolved.layout
+    tok = None
+    if raw is None or tokenizer is not None:
+        tok = layout_tokenizer(resolved, tokenizer)
+    if raw is None:
+        raw = tok.encode(content or "", add_special_tokens=False).ids
     if not raw:
         raise UsageError("nothing to hash: no tokens")
+    out.log(f"layout: {escape(resolved.source)}")
     raw_arr = np.asarray(raw, dtype=np.int64)
     dead_mask = None
     if dead_token:
@@ -122,7 +101,7 @@ def hash_command(
     if json_out:
         out.emit_json(doc)
         return
-    _render(out, layout, raw_arr, result, get_tokenizer() if (text is not None or file is not None or tokenizer) else None, local)
+    _render(out, layout, raw_arr, result, tok, local)
 
 
 def _render(out: Output, layout, raw, result, tok, local: bool) -> None:
@@ -146,3 +125,7 @@ def _render(out: Output, layout, raw, result, tok, local: bool) -> None:
                 cells.append(" ".join(str(int(v)) for v in ids[t, li, cols]))
             table.add_row(str(t), escape(repr(piece or "")), str(int(raw[t])), str(int(result.compressed[t])), *cells)
         out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("hash")(hash_command)

@@ -10,9 +10,7 @@
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
-import math
+import errno
 import os
 import sys
 import traceback
@@ -23,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape as _rich_escape
 
 from engram_cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EngramError
+from engram_cli.jsonio import to_json_text
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log lines on stderr.")]
@@ -30,45 +29,25 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x20), *range(0x7F, 0xA0)) if c not in (0x09,)}
+PIPE_WIDTH = 10_000  # stdout that is not a terminal: never wrap or truncate data
+
+
 def escape(text: object) -> str:
-    """Escape untrusted text (names read from files) before rich renders it."""
-    return _rich_escape(str(text))
+    """Make untrusted text (names read from files) safe to print: control characters (ESC,
+    CR, ...) become ``\\xNN`` and rich markup is escaped."""
+    return _rich_escape(str(text).translate(_CONTROL))
 
 
 def stdout_console() -> Console:
-    return Console(soft_wrap=False, highlight=False)
+    con = Console(soft_wrap=False, highlight=False)
+    if not con.is_terminal:
+        con.width = PIPE_WIDTH
+    return con
 
 
 def stderr_console() -> Console:
     return Console(stderr=True, highlight=False)
-
-
-def _json_default(obj: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(obj, np.integer):
-            return int(obj)
-        if isinstance(obj, np.floating):
-            return float(obj)
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    if hasattr(obj, "__fspath__"):
-        return os.fspath(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def _finite(obj: Any) -> Any:
-    """Replace NaN/inf floats by None so the document is strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 class Output:
@@ -85,7 +64,7 @@ class Output:
         """Write exactly one JSON document (it must carry ``schema``) to stdout."""
         if "schema" not in document:
             raise ValueError("JSON documents must carry a 'schema' field")
-        sys.stdout.write(json.dumps(_finite(document), default=_json_default, ensure_ascii=False) + "\n")
+        sys.stdout.write(to_json_text(document) + "\n")
         sys.stdout.flush()
 
     def print(self, *renderables: Any) -> None:
@@ -143,44 +122,44 @@ class Output:
 
 
 def fail(message: str, hint: str | None, code: int) -> typer.Exit:
-    """Print a one-line error (and hint) on stderr; return the Exit to raise."""
+    """Print a one-line error (and hint) on stderr, never wrapped; return the Exit to raise."""
     err = stderr_console()
-    err.print(f"[bold red]error:[/bold red] {escape(message)}")
+    err.print(f"[bold red]error:[/bold red] {escape(' '.join(message.split()))}", soft_wrap=True)
     if hint:
-        err.print(f"[dim]hint:[/dim] {escape(hint)}")
+        err.print(f"[dim]hint:[/dim] {escape(' '.join(hint.split()))}", soft_wrap=True)
     return typer.Exit(code)
 
 
+_OS_HINTS = {
+    errno.ENOSPC: ("no space left on device", "free space or choose another output folder"),
+    errno.EDQUOT: ("disk quota exceeded", "free space or choose another output folder"),
+    errno.EFBIG: ("file too large for this filesystem or ulimit -f", "raise the file-size limit or lower --max-shard-size"),
+    errno.EACCES: ("permission denied", "check the permissions of the path"),
+    errno.EPERM: ("operation not permitted", "check the permissions of the path"),
+    errno.EROFS: ("read-only filesystem", "choose a writable output folder"),
+    errno.EMFILE: ("too many open files", "raise ulimit -n"),
+}
+
+
+def exit_for(exc: BaseException) -> typer.Exit:
+    """Map any exception a command raised to its one-line message and documented exit code."""
+    if os.environ.get("ENGRAM_DEBUG", "") not in ("", "0") and not isinstance(exc, KeyboardInterrupt):
+        traceback.print_exception(exc)
+    if isinstance(exc, EngramError):
+        return fail(exc.message, exc.hint, exc.exit_code)
+    if isinstance(exc, KeyboardInterrupt):
+        return fail("interrupted", None, EXIT_INTERRUPTED)
+    if isinstance(exc, MemoryError):
+        return fail("out of memory", "lower the block or batch size", EXIT_FAILURE)
+    if isinstance(exc, OSError) and exc.errno is not None:
+        what, hint = _OS_HINTS.get(exc.errno, (exc.strerror or "I/O error", "check the path and the disk"))
+        where = f": {exc.filename}" if exc.filename else ""
+        return fail(f"{what}{where}", hint, EXIT_FAILURE)
+    msg = str(exc).splitlines()[0] if str(exc) else ""
+    return fail(f"unexpected {type(exc).__name__}: {msg}",
+                "set ENGRAM_DEBUG=1 to see the traceback, and please report it", EXIT_FAILURE)
+
+
 def handle_errors(func: F) -> F:
-    """Decorate a command: map domain errors, interrupts and crashes to exit codes."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        debug = os.environ.get("ENGRAM_DEBUG", "") not in ("", "0")
-        try:
-            return func(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except EngramError as exc:
-            if debug:
-                traceback.print_exc()
-            raise fail(exc.message, exc.hint, exc.exit_code) from None
-        except typer.BadParameter:
-            raise
-        except KeyboardInterrupt:
-            raise fail("interrupted", None, EXIT_INTERRUPTED) from None
-        except MemoryError:
-            if debug:
-                traceback.print_exc()
-            raise fail("out of memory", "lower the block or batch size", EXIT_FAILURE) from None
-        except Exception as exc:  # noqa: BLE001 - the last line of defence
-            if debug:
-                traceback.print_exc()
-            msg = str(exc).splitlines()[0] if str(exc) else ""
-            raise fail(
-                f"unexpected {type(exc).__name__}: {msg}",
-                "set ENGRAM_DEBUG=1 to see the traceback, and please report it",
-                EXIT_FAILURE,
-            ) from None
-
-    return wrapper  # type: ignore[return-value]
+    """Deprecated: errors are mapped once, at the root command group (``cli/app.py``)."""
+    return func

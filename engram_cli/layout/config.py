@@ -12,6 +12,7 @@ import numpy as np
 from engram_cli.errors import BadInputError
 from engram_cli.layout.layout import EngramLayout, exclusive_cumsum
 from engram_cli.layout.multipliers import splitmix64_multipliers
+from engram_cli.layout.numbering import numbered_ids
 from engram_cli.layout.primes import consecutive_primes_from
 from engram_cli.layout.tokenizer import TokenMap
 
@@ -139,6 +140,7 @@ def layout_from_config(
                 token_map=lookup,
                 seed=int(c.get("engram_seed", 0)),
                 tokenizer=tokenizer_info,
+                layer_numbering=str(c.get("engram_layer_numbering", "deepseek")),
             )
         # deepseek-demo
         n = int(_need(c, "max_ngram_size", "engram_max_ngram_size"))
@@ -156,13 +158,16 @@ def layout_from_config(
             token_map=lookup,
             seed=int(c.get("seed", 0)),
             tokenizer=tokenizer_info,
+            layer_numbering=str(c.get("engram_layer_numbering", "deepseek")),
         )
     except (TypeError, ValueError) as exc:
         raise BadInputError(f"invalid Engram config value: {exc}") from None
 
 
 def _qwen4_exp(c: dict[str, Any]) -> EngramLayout:
-    layer_ids = sorted(set(int(x) for x in _need(c, "ple_layer_ids")))
+    listed = [int(x) for x in _need(c, "ple_layer_ids")]
+    layer_ids = sorted(set(listed))
+    seed_ids, tensor_ids = numbered_ids("qwen4-exp", layer_ids, listed)  # 1-based ids, tensors layers.{id - 1}
     n = int(c.get("ngram_size", 3))
     heads = int(c.get("heads_per_ngram", 8))
     base = int(c.get("ngram_vocab_size_base", 20_000_000))
@@ -176,7 +181,7 @@ def _qwen4_exp(c: dict[str, Any]) -> EngramLayout:
     if embed % n_cols:
         raise BadInputError(f"ple_embed_dim {embed} is not divisible by the {n_cols} n-gram heads")
     primes, mults, rows = [], [], []
-    for index, _ in enumerate(layer_ids):
+    for index in seed_ids:  # transformers: ple_layer_index = ple_layer_ids.index(layer_idx + 1)
         p = consecutive_primes_from(base, index * n_cols, n_cols)
         primes.append(p)
         mults.append(splitmix64_multipliers(index, n, vocab, seed))
@@ -185,6 +190,8 @@ def _qwen4_exp(c: dict[str, Any]) -> EngramLayout:
     return EngramLayout(
         variant="qwen4-exp",
         layer_ids=tuple(layer_ids),
+        seed_ids=seed_ids,
+        tensor_ids=tensor_ids,
         max_ngram_size=n,
         n_heads=heads,
         head_dim=embed // n_cols,
@@ -203,8 +210,13 @@ def _qwen4_exp(c: dict[str, Any]) -> EngramLayout:
     )
 
 
-def layout_from_preset(name: str, token_map: TokenMap | np.ndarray | None = None) -> EngramLayout:
-    """A named layout (``deepseek-v4.1-flash``, ``deepseek-demo``)."""
+def check_preset(name: str) -> dict[str, Any]:
+    """The config of a named layout, or exit 3 listing the known names."""
     if name not in PRESETS:
         raise BadInputError(f"unknown preset {name!r}", hint=f"presets: {', '.join(sorted(PRESETS))}")
-    return layout_from_config(PRESETS[name], token_map)
+    return PRESETS[name]
+
+
+def layout_from_preset(name: str, token_map: TokenMap | np.ndarray | None = None) -> EngramLayout:
+    """A named layout (``deepseek-v4.1-flash``, ``deepseek-demo``)."""
+    return layout_from_config(check_preset(name), token_map)

@@ -96,7 +96,8 @@ class MergeClass:
     compressed_id: int
     key: str
     raw_ids: tuple[int, ...]
-    raw_tokens: tuple[str, ...]
+    raw_tokens: tuple[str, ...]  # the vocabulary pieces (byte-level BPE spelling, e.g. 'Ġthe')
+    texts: tuple[str, ...] = ()  # what each raw id decodes to (' the')
 
 
 @dataclass(frozen=True)
@@ -135,10 +136,9 @@ class TokenMap:
             if sizes[cid] <= 1:
                 break
             raw = np.nonzero(self.lookup == cid)[0][:examples]
-            toks = tuple(
-                (tokenizer.id_to_token(int(r)) or "") if tokenizer is not None else "" for r in raw
-            )
-            out.append(MergeClass(int(cid), self.keys[int(cid)], tuple(int(r) for r in raw), toks))
+            toks = tuple((tokenizer.id_to_token(int(r)) or "") if tokenizer is not None else "" for r in raw)
+            texts = tuple(tokenizer.decode_batch([[int(r)] for r in raw], skip_special_tokens=False)) if tokenizer is not None else ()
+            out.append(MergeClass(int(cid), self.keys[int(cid)], tuple(int(r) for r in raw), toks, texts))
         return out
 
 

@@ -7,18 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from engram_cli.errors import UsageError
-from engram_cli.layout.config import PRESETS, detect_variant, layout_from_config, read_config
 from engram_cli.layout.layout import EngramLayout
-from engram_cli.layout.tokenizer import (
-    MergeClass,
-    TokenMap,
-    build_token_map,
-    load_tokenizer,
-    resolve_tokenizer_file,
-    tokenizer_summary,
-)
-
-DEFAULT_PRESET = "deepseek-v4.1-flash"
+from engram_cli.layout.resolve import DEFAULT_PRESET, TokenMapNeed, resolve_layout
+from engram_cli.layout.tokenizer import MergeClass, TokenMap, resolve_tokenizer_file
 
 
 @dataclass(frozen=True)
@@ -40,39 +31,19 @@ def build_vocab(
     preset: str | None = None,
     top: int = 10,
 ) -> VocabBuild:
-    """Compress the tokenizer, build the layout it implies, validate it against the config."""
+    """Compress the tokenizer, build the layout it implies, validate it against the config.
+
+    The tokenizer defaults to the bundled DeepSeek one (Qwen4-Exp needs none: no compression)."""
+    from engram_cli.layout.config import detect_variant, read_config
+
     if config is not None and preset is not None:
         raise UsageError("pass either --config or --preset, not both")
-    if config is not None:
-        cfg = read_config(config)
-        source = str(config)
-    else:
-        name = preset or DEFAULT_PRESET
-        if name not in PRESETS:
-            from engram_cli.errors import BadInputError
-
-            raise BadInputError(f"unknown preset {name!r}", hint=f"presets: {', '.join(sorted(PRESETS))}")
-        cfg = PRESETS[name]
-        source = f"preset:{name}"
-    variant = detect_variant(cfg)
-    token_map = None
-    tok_path = None
-    info = None
-    largest: list[MergeClass] = []
-    if variant != "qwen4-exp" or tokenizer is not None:
-        tok_path = str(resolve_tokenizer_file(tokenizer))
-        tok = load_tokenizer(tok_path)
-        info = tokenizer_summary(tok) | {"path": tok_path}
-        if variant != "qwen4-exp":
-            token_map = build_token_map(tok)
-            largest = token_map.largest_classes(tok, top=top)
-        else:
-            vocab = tok.get_vocab_size(with_added_tokens=True)
-            declared = int(cfg.get("text_config", cfg).get("vocab_size", vocab))
-            if vocab > declared:
-                from engram_cli.errors import LayoutMismatchError
-
-                raise LayoutMismatchError(f"tokenizer has {vocab:,} ids but the config's vocab_size is {declared:,}")
-    layout = layout_from_config(cfg, token_map, tokenizer_info=info)
-    checks = layout.validate_against_config(cfg)
-    return VocabBuild(layout=layout, source=source, tokenizer_path=tok_path, token_map=token_map, largest=largest, checks=checks)
+    tok = tokenizer
+    if tok is None and (config is None or detect_variant(read_config(config)) != "qwen4-exp"):
+        tok = resolve_tokenizer_file(None)
+    res = resolve_layout(config=config, preset=None if config is not None else (preset or DEFAULT_PRESET),
+                         tokenizer=tok, need=TokenMapNeed.need if tok is not None else TokenMapNeed.skip)
+    largest = res.token_map.largest_classes(res.tokenizer, top=top) if res.token_map is not None else []
+    source = str(config) if config is not None else f"preset:{preset or DEFAULT_PRESET}"
+    return VocabBuild(layout=res.layout, source=source, tokenizer_path=res.tokenizer_path, token_map=res.token_map,
+                      largest=largest, checks=list(res.checks))

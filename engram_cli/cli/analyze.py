@@ -1,0 +1,28 @@
+"""``engram analyze``: the paper's depth analyses (LogitLens, CKA) as one command group."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+analyze_app = typer.Typer(
+    name="analyze",
+    help="Depth analyses of Engram models: logit lens and CKA (paper §6.1, Fig. 4).",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+
+SUBCOMMANDS = ("analyze_logit_lens", "analyze_cka")
+
+
+def register(app: typer.Typer) -> None:
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"engram_cli.cli.{name}")
+        except ModuleNotFoundError as exc:  # a sub-command still being written
+            if exc.name != f"engram_cli.cli.{name}":
+                raise
+            continue
+        module.register(analyze_app)
+    app.add_typer(analyze_app, name="analyze")
