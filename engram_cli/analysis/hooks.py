@@ -10,18 +10,27 @@ from engram_cli.errors import BadInputError, UsageError
 MODES = ("zero", "mean", "scale")
 
 
+def parse_layers(layers: str | list[int] | None) -> list[int] | None:
+    """``all``/``None`` -> None (every Engram layer), else the ids; checked before any model loads."""
+    if layers is None or layers == "all":
+        return None
+    if not isinstance(layers, str):
+        return [int(x) for x in layers]
+    try:
+        wanted = [int(x) for x in layers.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--layers must be 'all' or comma-separated integers, got {layers!r}") from None
+    if not wanted or any(x < 0 for x in wanted):
+        raise UsageError(f"--layers must be 'all' or non-negative layer ids, got {layers!r}")
+    return wanted
+
+
 def resolve_layers(view, layers: str | list[int] | None) -> list[int]:
     """``all`` / ``None`` -> every Engram layer; otherwise each id must have a module (else exit 3)."""
     available = view.engram_layer_ids
-    if layers is None or layers == "all":
+    wanted = parse_layers(layers)
+    if wanted is None:
         return list(available)
-    if isinstance(layers, str):
-        try:
-            wanted = [int(x) for x in layers.split(",") if x.strip()]
-        except ValueError:
-            raise UsageError(f"--layers must be 'all' or comma-separated integers, got {layers!r}") from None
-    else:
-        wanted = [int(x) for x in layers]
     missing = [x for x in wanted if x not in available]
     if missing or not wanted:
         raise BadInputError(f"Engram layer(s) {missing or wanted} not found in the model",

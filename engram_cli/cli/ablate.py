@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from enum import Enum
-from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from engram_cli.cli.output import JsonOption, Output, QuietOption, escape, handle_errors
+from engram_cli.cli.options import (BatchSizeOpt, Device, DeviceMapOpt, DeviceOpt, EngramPathOpt, ForceOpt, JsonOpt,
+                                    LayersPathOpt, ModelArg, ModelDtype, ModelDtypeAliasOpt, ModelDtypeOpt, OutputOpt,
+                                    QuietOpt, ThreadsOpt, TokenizerOpt, pick)
+from engram_cli.cli.output import Output, escape
+
+SCHEMA = "engram.ablate/1"
 
 
 class Mode(str, Enum):
@@ -23,85 +27,92 @@ def _fmt(v, pct: bool = False) -> str:
     return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
 
 
-@handle_errors
 def ablate(
-    model: Annotated[Optional[str], typer.Argument(help="Model directory or .gguf file (default: the bundled demo model).")] = None,
+    model: ModelArg = None,
     tasks: Annotated[Optional[list[str]], typer.Option("--tasks", "-t", help="Task JSONL file, directory or bundled suite name (repeatable; default: the bundled suites).")] = None,
     layers: Annotated[str, typer.Option("--layers", help="'all' or zero-based Engram layer ids, e.g. 1,2.")] = "all",
     mode: Annotated[Mode, typer.Option("--mode", help="zero (paper default), mean (per-layer mean output) or scale (x alpha).")] = Mode.zero,
     alpha: Annotated[float, typer.Option("--alpha", help="Scale factor for --mode scale.")] = 0.0,
-    ngram_order: Annotated[Optional[int], typer.Option("--ngram-order", help="Only zero this n-gram order's embedding columns.")] = None,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write retention.json and retention.png here.")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Use at most N items per task.")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    dtype: Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")] = "float32",
-    device_map: Annotated[Optional[str], typer.Option("--device-map", help="e.g. 'auto' (accelerate) for models larger than one device.")] = None,
-    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Directory with tokenizer.json (default: the model's).")] = None,
-    engram_path: Annotated[Optional[str], typer.Option("--engram-path", help="Engram module path inside a decoder layer (unknown architectures).")] = None,
-    layers_path: Annotated[Optional[str], typer.Option("--layers-path", help="Path of the decoder-layer list (unknown architectures).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per forward pass.")] = 32,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
-    json_mode: JsonOption = False,
-    quiet: QuietOption = False,
+    ngram_order: Annotated[Optional[int], typer.Option("--ngram-order", min=2, help="Only zero this n-gram order's embedding columns.")] = None,
+    output: OutputOpt = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use at most N items per task.")] = None,
+    device: DeviceOpt = Device.auto,
+    model_dtype: ModelDtypeOpt = ModelDtype.float32,
+    dtype_alias: ModelDtypeAliasOpt = None,
+    device_map: DeviceMapOpt = None,
+    tokenizer: TokenizerOpt = None,
+    engram_path: EngramPathOpt = None,
+    layers_path: LayersPathOpt = None,
+    batch_size: BatchSizeOpt = 32,
+    threads: ThreadsOpt = None,
+    force: ForceOpt = False,
+    json_mode: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Ablate the Engram modules and report retained task performance (paper §6.3, Figure 6).
 
     Scores every task with and without the ablation on the same items; retained = ablated / baseline, with a paired-bootstrap 95 % CI, flipped items, chance-corrected retention, next-token KL(base || ablated) and category roll-ups next to the paper's values.
     """
+    from engram_cli.analysis.hooks import parse_layers
     from engram_cli.errors import UsageError
+    from engram_cli.reports import check_output_dir
 
     out = Output(json_mode, quiet)
+    dtype = pick(model_dtype, dtype_alias, ModelDtype.float32, "--model-dtype").value
     if mode is not Mode.scale and alpha != 0.0:
         raise UsageError("--alpha only applies to --mode scale")
-    if limit is not None and limit < 1:
-        raise UsageError("--limit must be >= 1")
-    if batch_size < 1:
-        raise UsageError("--batch-size must be >= 1")
-    import torch
-
+    parse_layers(layers)
+    check_output_dir(output, force)
     from engram_cli.analysis.ablation import run_ablation
     from engram_cli.analysis.evaluator import Evaluator
     from engram_cli.analysis.tasks import resolve_tasks
-    from engram_cli.models.loading import demo_suites_dir, load_model
+    from engram_cli.cli.options import set_torch_threads
+    from engram_cli.models.loading import demo_suites_dir, load_model, resolve_device
     from engram_cli.models.views import require_engram, view_for
 
-    if threads:
-        torch.set_num_threads(threads)
+    resolve_device(device.value)  # exit 5 before loading anything
     task_list = resolve_tasks(tasks, demo_suites_dir(), limit)
-    out.log(f"loading {escape(model or 'the bundled demo model')} ...")
-    loaded = load_model(model, device=device, dtype=dtype, device_map=device_map, tokenizer=tokenizer)
+    n_threads = set_torch_threads(threads)
+    out.log(f"loading {escape(model or 'the bundled demo model')} ({n_threads} threads) ...")
+    loaded = load_model(model, device=device.value, dtype=dtype, device_map=device_map, tokenizer=tokenizer)
     view = require_engram(view_for(loaded.model, engram_path=engram_path, layers_path=layers_path))
     ev = Evaluator(view, loaded.tokenizer, batch_size=batch_size, device=loaded.device)
     with out.progress("scoring") as progress:
         report = run_ablation(view, ev, task_list, layers=layers, mode=mode.value, alpha=alpha,
                               ngram_order=ngram_order, progress=progress)
-    report["model"] = loaded.source if model else "bundled demo model"
-    report["family"] = view.family
+    doc = _document(report, loaded.source if model else "bundled demo model", view.family, loaded.device, dtype, n_threads)
     if output is not None:
         from engram_cli.analysis.plots import retention_figure
-        from engram_cli.fsutil import atomic_dir, write_json_atomic
+        from engram_cli.reports import write_report
 
-        with atomic_dir(output, force=force) as tmp:
-            write_json_atomic(tmp / "retention.json", report)
-            retention_figure(report).savefig(tmp / "retention.png")
-        report["output"] = str(output)
-    for w in report["warnings"]:
+        write_report(output, force=force, documents={"retention": doc}, figures={"retention": retention_figure(doc)})
+        doc["output"] = str(output)
+    for w in report.warnings:
         out.warn(escape(w))
     if json_mode:
-        out.emit_json(report)
+        out.emit_json(doc)
         return
+    _render(out, doc, mode is Mode.scale)
+
+
+def _document(report, model: str, family: str, device: str, dtype: str, threads: int) -> dict[str, Any]:
+    from engram_cli.reports import provenance
+
+    return {"schema": SCHEMA, "model": model, "family": family, **report.to_dict(),
+            "provenance": provenance(device=device, dtype=dtype, threads=threads, seeds={"bootstrap": report.bootstrap["seed"]},
+                                     bootstrap_resamples=report.bootstrap["n_boot"])}
+
+
+def _render(out: Output, doc: dict[str, Any], scaled: bool) -> None:
     from rich.table import Table
 
-    if not out.out.is_terminal:  # piped/captured: do not squeeze the tables into 80 columns
-        out.out.width = max(out.out.width, 150)
-    t = Table(title=f"Engram ablation: {report['mode']}"
-                    f"{' alpha=' + str(alpha) if mode is Mode.scale else ''}, layers {report['layers']}"
-                    f"{', order ' + str(ngram_order) if ngram_order else ''} ({escape(report['model'])})")
+    t = Table(title=f"Engram ablation: {doc['mode']}"
+                    f"{' alpha=' + str(doc['alpha']) if scaled else ''}, layers {doc['layers']}"
+                    f"{', order ' + str(doc['ngram_order']) if doc['ngram_order'] else ''} ({escape(doc['model'])})")
     for col in ("task", "category", "metric", "n", "baseline", "ablated", "retained", "95% CI",
                 "chance-corr.", "flipped -/+", "KL"):
         t.add_column(col, justify="right" if col not in ("task", "category", "metric") else "left", no_wrap=True)
-    for r in report["tasks"]:
+    for r in doc["tasks"]:
         lo, hi = r["ci95"]
         t.add_row(escape(r["task"]), r["category"], r["metric"], str(r["n"]), _fmt(r["baseline"]), _fmt(r["ablated"]),
                   _fmt(r["retained"], True), f"{_fmt(lo, True)}-{_fmt(hi, True)}" if lo is not None else "-",
@@ -111,8 +122,8 @@ def ablate(
     c = Table(title="By category (mean of task retention; paper: factual 29-44 %, reading 81-93 %)")
     for col in ("category", "tasks", "retained", "95% CI", "chance-corr.", "paper"):
         c.add_column(col)
-    paper = report["paper_reference"]["categories"]
-    for cat, v in report["categories"].items():
+    paper = doc["paper_reference"]["categories"]
+    for cat, v in doc["categories"].items():
         lo, hi = v["ci95"]
         ref = paper.get(cat)
         names = ", ".join(escape(x) for x in v["tasks"])
@@ -122,9 +133,9 @@ def ablate(
                   f"{_fmt(lo, True)}-{_fmt(hi, True)}", _fmt(v["chance_corrected"], True),
                   f"{ref[0]*100:.0f}-{ref[1]*100:.0f}%" if ref else "-")
     out.print(c)
-    out.print(f"next-token KL(base || ablated), mean over tasks: {report['kl_next_token_mean']:.4f} nats")
-    if output is not None:
-        out.print(f"wrote {escape(output)}/retention.json and retention.png")
+    out.print(f"next-token KL(base || ablated), mean over tasks: {doc['kl_next_token_mean']:.4f} nats")
+    if doc.get("output"):
+        out.print(f"wrote {escape(doc['output'])}/retention.json and retention.png")
 
 
 def register(app: typer.Typer) -> None:
