@@ -11,6 +11,8 @@ from engram_cli.cli.options import ConfigOpt, JsonOpt, LayoutOpt, PresetOpt, Qui
 from engram_cli.cli.output import Output, escape
 
 SCHEMA = "engram.hash/1"
+CHUNK_TOKENS = 1 << 16  # tokens hashed at once: memory is bounded by this, not by the input
+TABLE_TOKENS = 4096  # tokens per printed table
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -32,6 +34,14 @@ def _read_text(file: Path) -> str:
         return file.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise BadInputError(f"{file} is not UTF-8 text (byte {exc.start})") from None
+
+
+def _check_ids(raw, vocab: int | None) -> None:
+    from engram_cli.errors import BadInputError
+
+    bad = raw[(raw < 0) | (raw >= vocab)] if vocab else raw[raw < 0]
+    if bad.size:
+        raise BadInputError(f"token id {int(bad[0])} is outside the tokenizer's {vocab} ids")
 
 
 def hash_command(
@@ -59,6 +69,7 @@ def hash_command(
     import numpy as np
 
     from engram_cli.errors import UsageError
+    from engram_cli.layout.chunked import hash_in_chunks
     from engram_cli.layout.resolve import DEFAULT_PRESET, TokenMapNeed, layout_tokenizer, resolve_layout
 
     out = Output(json_out, quiet)
@@ -79,51 +90,69 @@ def hash_command(
         raise UsageError("nothing to hash: no tokens")
     out.log(f"layout: {escape(resolved.source)}")
     raw_arr = np.asarray(raw, dtype=np.int64)
-    dead_mask = None
-    if dead_token:
-        dead_mask = np.isin(raw_arr, np.asarray(dead_token, dtype=np.int64))
-    result = layout.hash(raw_arr, seq_starts=seq_start or None, dead_mask=dead_mask)
+    _check_ids(raw_arr, layout.vocab_size)  # before any output: the JSON document is streamed
+    dead_mask = np.isin(raw_arr, np.asarray(dead_token, dtype=np.int64)) if dead_token else None
+    if seq_start and max(seq_start) >= raw_arr.shape[0]:
+        raise UsageError(f"--seq-start {max(seq_start)} is past the last token ({raw_arr.shape[0] - 1})",
+                         hint="sequence start positions are token indices")
 
-    doc = {
-        "schema": SCHEMA,
-        "variant": layout.variant,
-        "layer_ids": list(layout.layer_ids),
-        "columns": [{"order": n, "head": h} for n, h in layout.columns],
-        "tokens": [int(x) for x in raw_arr],
-        "compressed": [int(x) for x in result.compressed],
-        "local_ids": result.local.tolist(),
-        "global_ids": result.global_.tolist(),
-    }
-    if dead_token:
-        doc["dead_tokens"] = sorted(set(int(d) for d in dead_token))
-    if seq_start:
-        doc["seq_starts"] = sorted(set(int(s) for s in seq_start))
+    def chunks(size: int = CHUNK_TOKENS):
+        return hash_in_chunks(layout, raw_arr, seq_starts=seq_start, dead_mask=dead_mask, chunk=size)
+
     if json_out:
-        out.emit_json(doc)
+        _stream_json(layout, raw_arr, chunks, dead_token, seq_start)
         return
-    _render(out, layout, raw_arr, result, tok, local)
+    for a, ids in chunks(TABLE_TOKENS):
+        _render(out, layout, raw_arr, a, ids, tok, local)
 
 
-def _render(out: Output, layout, raw, result, tok, local: bool) -> None:
+def _stream_json(layout, raw, chunks, dead_token, seq_start) -> None:
+    """Write the engram.hash/1 document piece by piece: memory stays one chunk of ids."""
+    import json
+    import sys
+
+    w = sys.stdout.write
+    head = {"schema": SCHEMA, "variant": layout.variant, "layer_ids": list(layout.layer_ids),
+            "columns": [{"order": n, "head": h} for n, h in layout.columns]}
+    w(json.dumps(head)[:-1])
+    w(', "tokens": ' + json.dumps(raw.tolist()))
+    for key in ("compressed", "local_ids", "global_ids"):
+        w(f', "{key}": [')
+        for a, ids in chunks():
+            part = ids.compressed if key == "compressed" else (ids.local if key == "local_ids" else ids.global_)
+            w((", " if a else "") + json.dumps(part.tolist())[1:-1])
+        w("]")
+    if dead_token:
+        w(', "dead_tokens": ' + json.dumps(sorted(set(int(d) for d in dead_token))))
+    if seq_start:
+        w(', "seq_starts": ' + json.dumps(sorted(set(int(s) for s in seq_start))))
+    w("}\n")
+    sys.stdout.flush()
+
+
+def _render(out: Output, layout, raw, start: int, result, tok, local: bool) -> None:
     from rich.table import Table
 
     ids = result.local if local else result.global_
     kind = "head-local" if local else "global row"
+    n_tok = ids.shape[0]
+    span = f", tokens {start}..{start + n_tok - 1}" if start or n_tok < raw.shape[0] else ""
     for li, lid in enumerate(layout.layer_ids):
-        table = Table(title=f"layer {lid}: {kind} ids ({layout.variant})", title_justify="left")
+        table = Table(title=f"layer {lid}: {kind} ids ({layout.variant}{span})", title_justify="left")
         table.add_column("pos", justify="right")
         table.add_column("token")
         table.add_column("raw", justify="right")
         table.add_column("comp", justify="right")
         for n in range(2, layout.max_ngram_size + 1):
             table.add_column(f"{n}-gram heads 0..{layout.n_heads - 1}")
-        for t in range(raw.shape[0]):
-            piece = tok.id_to_token(int(raw[t])) if tok is not None else ""
+        for k in range(n_tok):
+            t = start + k
+            piece = tok.decode([int(raw[t])], skip_special_tokens=False) if tok is not None else ""
             cells = []
             for n in range(2, layout.max_ngram_size + 1):
                 cols = slice((n - 2) * layout.n_heads, (n - 1) * layout.n_heads)
-                cells.append(" ".join(str(int(v)) for v in ids[t, li, cols]))
-            table.add_row(str(t), escape(repr(piece or "")), str(int(raw[t])), str(int(result.compressed[t])), *cells)
+                cells.append(" ".join(str(int(v)) for v in ids[k, li, cols]))
+            table.add_row(str(t), escape(repr(piece or "")), str(int(raw[t])), str(int(result.compressed[k])), *cells)
         out.print(table)
 
 
