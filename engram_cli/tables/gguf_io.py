@@ -1,10 +1,11 @@
-"""GGUF through the ``gguf`` package: DeepSeek-V4.1 Engram tables and the nine hash keys.
+"""GGUF writing through the ``gguf`` package: Engram tables and hash keys in a chosen dialect.
 
-Tables are ``blk.{L}.engram_embd.weight``: raw GGML I8 ``[264, rows]`` (256 e4m3 bytes then
-8 e8m0 bytes per row, ``deepseek41.engram.encoding = "e4m3_e8m0_32_row264"``), or Q8_0.
-Keys under ``deepseek41.engram.``: layer_ids (i32), head_count, key_length, max_ngram_size
-(u32), multipliers, primes, offsets (u64, flattened), token_map (i32), pad_id (u32,
-compressed). Element types are passed explicitly (``add_array`` would pick int32).
+Tables are ``blk.{L}.engram_embd.weight`` (``L`` the tensor-name index): raw GGML I8
+``[264, rows]`` (256 e4m3 bytes then 8 e8m0 bytes per row, ``encoding =
+"e4m3_e8m0_32_row264"``), or Q8_0. The keys, their element types, the projection names and
+the tensor order come from the dialect (:mod:`gguf_dialects`); element types are passed
+explicitly (``add_array`` would pick int32). Reading is in :mod:`gguf_read`, metadata
+conversion between dialects in :mod:`gguf_fix`.
 """
 
 from __future__ import annotations
@@ -15,24 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from engram_cli.errors import BadInputError, UsageError
-from engram_cli.tables.model import Encoding, Geometry, Segment, TableInfo
-from engram_cli.tables.names import GGUF_PROJ, GGUF_TABLE, render
+from engram_cli.errors import UsageError
+from engram_cli.tables import gguf_dialects as D
+from engram_cli.tables.gguf_dialects import ALIGN, ARCH, PREFIX, RAW_ENCODING  # noqa: F401 - re-exported
+from engram_cli.tables.model import Geometry
 from engram_cli.tables.plan import OutFile, OutTensor, ShardPlan, TableSlice
 from engram_cli.tables.policies import Piece
 
-ARCH = "deepseek41"
-PREFIX = f"{ARCH}.engram."
-ALIGN = 32
-RAW_ENCODING = "e4m3_e8m0_32_row264"
-KEY_NAMES = ("layer_ids", "head_count", "key_length", "max_ngram_size", "multipliers", "primes", "offsets",
-             "token_map", "pad_id")
+KEY_NAMES = tuple(k.name for k in D.LLAMACPP_KEYS)
 
 
-def engram_kv(layout: Any) -> list[tuple[str, Any, Any, Any]]:
-    """The nine keys with explicit GGUF element types, filled from a layout."""
-    from gguf import GGUFValueType as T
-
+def layout_values(layout: Any, rows: list[int] | None = None, encoding: str | None = None) -> dict[str, Any]:
+    """Every quantity a dialect key can hold, from a layout (``layer_ids``: tensor-name indices)."""
     if layout is None:
         raise UsageError("GGUF output needs the Engram layout (primes, multipliers, token map)",
                          hint="pass --layout DIR (engram_layout.json), --config config.json or --preset NAME")
@@ -40,53 +35,129 @@ def engram_kv(layout: Any) -> list[tuple[str, Any, Any, Any]]:
         raise UsageError("the layout has no token map, which GGUF needs (deepseek41.engram.token_map)",
                          hint="build the layout with its tokenizer (engram build-vocab) and pass --layout")
     n = len(layout.layer_ids)
-    return [
-        (PREFIX + "layer_ids", [int(x) for x in layout.layer_ids], T.ARRAY, T.INT32),
-        (PREFIX + "head_count", int(layout.n_heads), T.UINT32, None),
-        (PREFIX + "key_length", int(layout.head_dim), T.UINT32, None),
-        (PREFIX + "max_ngram_size", int(layout.max_ngram_size), T.UINT32, None),
-        (PREFIX + "multipliers", [int(m) for i in range(n) for m in layout.multipliers[i]], T.ARRAY, T.UINT64),
-        (PREFIX + "primes", [int(p) for i in range(n) for p in layout.primes[i]], T.ARRAY, T.UINT64),
-        (PREFIX + "offsets", [int(o) for i in range(n) for o in layout.offsets[i]], T.ARRAY, T.UINT64),
-        (PREFIX + "token_map", [int(x) for x in np.asarray(layout.token_map)], T.ARRAY, T.INT32),
-        (PREFIX + "pad_id", int(layout.compressed_pad_id), T.UINT32, None),
-    ]
+    return {
+        "layer_ids": [int(x) for x in layout.tensor_ids],
+        "head_count": int(layout.n_heads),
+        "key_length": int(layout.head_dim),
+        "max_ngram_size": int(layout.max_ngram_size),
+        "multipliers": [int(m) for i in range(n) for m in layout.multipliers[i]],
+        "primes": [int(p) for i in range(n) for p in layout.primes[i]],
+        "offsets": [int(o) for i in range(n) for o in layout.offsets[i]],
+        "token_map": [int(x) for x in np.asarray(layout.token_map)],
+        "pad_id": int(layout.compressed_pad_id),
+        "compressed_vocab_size": int(layout.compressed_vocab_size),
+        "rows": [int(r) for r in (rows if rows is not None else layout.num_embeddings)],
+        "encoding": encoding,
+    }
+
+
+def _vtypes(etype: str):
+    from gguf import GGUFValueType as T
+
+    return {"u32": T.UINT32, "i32": T.INT32, "u64": T.UINT64, "i64": T.INT64, "str": T.STRING}[etype]
+
+
+def engram_kv(layout: Any, dialect: str = "llamacpp", *, rows: list[int] | None = None,
+              encoding: str | None = None) -> list[tuple[str, Any, Any, Any]]:
+    """The keys of ``dialect`` as ``(name, value, type, element type)``, filled from a layout.
+
+    ``encoding`` (the raw row264 tag) is written whenever the tables are raw, in every dialect."""
+    from gguf import GGUFValueType as T
+
+    d = D.dialect(dialect)
+    vals = layout_values(layout, rows, encoding)
+    keys = list(d.keys)
+    if encoding and d.key("encoding") is None:
+        keys.append(D.Key("encoding", "encoding", "str"))
+    out = []
+    for k in keys:
+        v = vals[k.quantity]
+        if v is None:
+            if k.quantity == "encoding":
+                continue
+            raise UsageError(f"the layout has no {k.quantity}, which the {dialect} dialect needs ({d.prefix}{k.name})")
+        if k.etype != "str":
+            lo, hi = D.ETYPE_RANGE[k.etype]
+            vs = v if k.array else [v]
+            if vs and (min(vs) < lo or max(vs) > hi):
+                raise UsageError(f"{d.prefix}{k.name}: a value does not fit the {dialect} dialect's {k.etype} "
+                                 f"({min(vs)}..{max(vs)})")
+        if k.array:
+            out.append((d.prefix + k.name, v, T.ARRAY, _vtypes(k.etype)))
+        else:
+            out.append((d.prefix + k.name, v, _vtypes(k.etype), None))
+    return out
+
+
+def _table_tensor(t, gguf_type: str) -> OutTensor:
+    gname = D.TABLE.format(layer=t.layer_id)
+    if gguf_type == "raw":
+        if not (t.encoding.weight_dtype == "F8_E4M3" and t.encoding.scale_dtype in ("F8_E8M0", "U8") and t.dim == 256):
+            raise UsageError(f"layer {t.layer_id}: raw GGUF rows need an fp8-e4m3 [*, 256] table with e8m0 scales "
+                             f"(got {t.encoding.name}); use --gguf-type q8_0 (llamacpp dialect)")
+        return OutTensor(gname, "I8", (t.rows, D.RAW_ROW_BYTES), TableSlice(t.layer_id, (Piece(0, t.rows),), "rows", t.encoding),
+                         D.RAW_ROW_BYTES)
+    if t.encoding.pack != 1:
+        raise UsageError(f"layer {t.layer_id}: {t.encoding.name} tables are not converted to Q8_0")
+    if t.dim % 32:
+        raise UsageError(f"layer {t.layer_id}: Q8_0 needs a row width divisible by 32")
+    rb = t.dim // 32 * 34
+    return OutTensor(gname, "Q8_0", (t.rows, rb), TableSlice(t.layer_id, (Piece(0, t.rows),), "q8_0", t.encoding), rb)
+
+
+def _projection_tensors(src, t, d: D.Dialect) -> list[OutTensor]:
+    from engram_cli.tables.planners import projection_tensors
+
+    found = {key: ot for key, ot, _scale in projection_tensors(src, t)}
+    out = []
+    for pr in d.projections:
+        ot = found.get(pr.key)
+        if ot is None:
+            continue
+        name = pr.name.format(layer=t.layer_id)
+        if pr.dtype in ("keep", ot.dtype):
+            out.append(OutTensor(name, ot.dtype, ot.shape, ot.source, ot.row_bytes))
+        else:
+            from engram_cli.tables.plan import TensorCast
+
+            size = {"F32": 4, "F16": 2, "BF16": 2}[pr.dtype]
+            out.append(OutTensor(name, pr.dtype, ot.shape, TensorCast(ot.source, ot.dtype, pr.dtype),
+                                 ot.shape[-1] * size if ot.shape else size))
+    return out
 
 
 def plan_gguf(src, geos: tuple[Geometry, ...], layout: Any, *, gguf_type: str = "raw", name: str = "engram.gguf",
-              with_projections: bool = False) -> ShardPlan:
-    from gguf import GGUFValueType as T
-
-    kv = engram_kv(layout)
+              with_projections: bool = False, dialect: str = "llamacpp") -> ShardPlan:
+    """One GGUF file: the tables (and projections) under ``dialect``'s names, keys and order."""
+    d = D.dialect(dialect)
     if gguf_type not in ("raw", "q8_0"):
         raise UsageError(f"unknown --gguf-type {gguf_type!r}", hint="raw (I8 264-byte rows) or q8_0")
-    tensors: list[OutTensor] = []
+    if gguf_type not in d.table_types:
+        raise UsageError(f"the {dialect} dialect's readers take {', '.join(d.table_types)} tables, not {gguf_type}",
+                         hint="use --gguf-type raw, or --gguf-dialect llamacpp for Q8_0")
+    if layout is None and src.format == "gguf":
+        layout = src.gguf_layout  # the hash constants the source GGUF carries
+    tables, projections = [], []
     for t in src.tables:
-        gname = render(GGUF_TABLE, layer=t.layer_id)
-        if gguf_type == "raw":
-            if not (t.encoding.weight_dtype == "F8_E4M3" and t.encoding.scale_dtype in ("F8_E8M0", "U8") and t.dim == 256):
-                raise UsageError(f"layer {t.layer_id}: raw GGUF rows need an fp8-e4m3 [*, 256] table with e8m0 scales "
-                                 f"(got {t.encoding.name}); use --gguf-type q8_0")
-            tensors.append(OutTensor(gname, "I8", (t.rows, 264), TableSlice(t.layer_id, (Piece(0, t.rows),), "rows", t.encoding), 264))
-        else:
-            if t.encoding.pack != 1:
-                raise UsageError(f"layer {t.layer_id}: {t.encoding.name} tables are not converted to Q8_0")
-            if t.dim % 32:
-                raise UsageError(f"layer {t.layer_id}: Q8_0 needs a row width divisible by 32")
-            rb = t.dim // 32 * 34
-            tensors.append(OutTensor(gname, "Q8_0", (t.rows, rb), TableSlice(t.layer_id, (Piece(0, t.rows),), "q8_0", t.encoding), rb))
-        if with_projections:
-            from engram_cli.tables.planners import projection_tensors
-
-            for key, ot, _scale in projection_tensors(src, t):
-                tensors.append(OutTensor(render(GGUF_PROJ[key], layer=t.layer_id), ot.dtype, ot.shape, ot.source, ot.row_bytes))
-    if gguf_type == "raw":
-        kv.append((PREFIX + "encoding", RAW_ENCODING, T.STRING, None))
+        tables.append(_table_tensor(t, gguf_type))
+        projections.append(_projection_tensors(src, t, d) if with_projections else [])
+    if d.tables_last:
+        tensors = [ot for ps in projections for ot in ps] + tables
+    else:
+        tensors = [ot for tt, ps in zip(tables, projections) for ot in (tt, *ps)]
+    rows = _rows_by_layer(layout, src.tables)
+    kv = engram_kv(layout, dialect, rows=rows, encoding=RAW_ENCODING if gguf_type == "raw" else None)
     f = OutFile(name, "gguf", tuple(tensors), gguf_kv=tuple(kv))
-    from engram_cli.tables.plan import ShardPlan as SP
+    return ShardPlan(target="gguf", source=str(src.path), source_format=src.format, tables=src.tables, geometries=geos,
+                     files=(f,), dtype="keep", family=src.family, settings=(("gguf_type", gguf_type), ("gguf_dialect", dialect)))
 
-    return SP(target="gguf", source=str(src.path), source_format=src.format, tables=src.tables, geometries=geos,
-              files=(f,), dtype="keep", family=src.family, extra={"gguf_type": gguf_type})
+
+def _rows_by_layer(layout: Any, tables) -> list[int] | None:
+    """Rows of each layout layer's table as written (the ``rows`` key), by tensor-name index."""
+    if layout is None:
+        return None
+    have = {t.layer_id: t.rows for t in tables}
+    return [int(have.get(tid, n)) for tid, n in zip(layout.tensor_ids, layout.num_embeddings)]
 
 
 def _writer_for(f: OutFile):
@@ -137,119 +208,48 @@ def quantize_q8_0(x: np.ndarray) -> np.ndarray:
     return np.asarray(gguf.quants.quantize(np.ascontiguousarray(x, dtype=np.float32), gguf.GGMLQuantizationType.Q8_0))
 
 
-# ---------------------------------------------------------------- reading
-def _field_value(field) -> Any:
-    return field.contents()
-
-
-def read_engram_keys(reader) -> dict[str, Any]:
-    out = {}
-    for name, field in reader.fields.items():
-        for prefix in (PREFIX, "deepseek4.engram."):
-            if name.startswith(prefix):
-                out[name[len(prefix):]] = _field_value(field)
-    return out
-
-
 def open_gguf_source(path: Path):
-    import gguf
+    """A source over the lossless Engram tables of a GGUF of any dialect (see :mod:`gguf_read`)."""
+    from engram_cli.tables.gguf_read import read_gguf, source_from_gguf
 
-    from engram_cli.tables.source import Source
-
-    if path.is_dir():
-        path = next(path.glob("*.gguf"))
-    try:
-        r = gguf.GGUFReader(str(path))
-    except Exception as exc:  # noqa: BLE001 - any parse failure is bad input
-        raise BadInputError(f"{path.name}: not a readable GGUF file ({exc})") from None
-    keys = read_engram_keys(r)
-    tables, geos = [], []
-    for t in r.tensors:
-        if not (t.name.startswith("blk.") and t.name.endswith(".engram_embd.weight")):
-            continue
-        layer = int(t.name.split(".")[1])
-        if t.tensor_type != gguf.GGMLQuantizationType.I8 or keys.get("encoding") != RAW_ENCODING:
-            raise BadInputError(f"{path.name}: tensor {t.name} is {t.tensor_type.name}"
-                                f"{'' if keys.get('encoding') else ' without an encoding key'}; only raw "
-                                f"{RAW_ENCODING} tables can be read back (Q8_0 is lossy)")
-        ne = [int(x) for x in t.shape]  # GGUF order: [264, rows]
-        if ne[0] != 264:
-            raise BadInputError(f"{path.name}: tensor {t.name} has row width {ne[0]}, expected 264")
-        rows = ne[1]
-        off = int(t.data_offset)
-        enc = Encoding("F8_E4M3", "F8_E8M0", 32)
-        tables.append(TableInfo(layer, rows, 256, enc, (Segment(str(path), 0, rows, off, 264, 0, t.name),),
-                                (Segment(str(path), 0, rows, off, 264, 256, t.name),), "deepseek-v4.1", "", ()))
-    if not tables:
-        raise BadInputError(f"{path.name}: no blk.N.engram_embd.weight tensor")
-    if "primes" in keys and "layer_ids" in keys:
-        ids = [int(x) for x in keys["layer_ids"]]
-        primes = [int(x) for x in keys["primes"]]
-        per = len(primes) // max(1, len(ids))
-        for t in tables:
-            if t.layer_id in ids:
-                i = ids.index(t.layer_id)
-                geos.append(Geometry(t.layer_id, tuple(primes[i * per:(i + 1) * per]), t.rows))
-    return Source(path, "gguf", tuple(tables), "deepseek-v4.1", None, frozenset(), None,
-                  tuple(geos) if len(geos) == len(tables) else (), keys)
+    return source_from_gguf(read_gguf(path))
 
 
-# ---------------------------------------------------------------- gguf-fix
-def gguf_fix(path: str | Path, layout: Any, out: str | Path, *, progress=None, block_bytes: int = 64 * 2**20) -> dict:
-    """Copy a GGUF with the Engram hash keys added or corrected (tensors copied through)."""
-    import gguf
-    import xxhash
+def cast_blocks(reader, source, tc, block_bytes: int):
+    """The bytes of a :class:`TensorCast`, block by block: the source tensor (copied, or
+    dequantised from fp8 tiles to F32) converted to ``tc.dtype``; exit 3 when a finite value
+    does not fit (F16 overflow)."""
+    import torch
 
-    from engram_cli.fsutil import atomic_path
-    from engram_cli.tables.rows import RowReader, iter_blocks
+    from engram_cli.tables.plan import TensorCopy, TileDequant
 
-    path, out = Path(path), Path(out)
-    try:
-        r = gguf.GGUFReader(str(path))
-    except Exception as exc:  # noqa: BLE001
-        raise BadInputError(f"{path.name}: not a readable GGUF file ({exc})") from None
-    arch_field = r.fields.get("general.architecture")
-    arch = _field_value(arch_field) if arch_field else ARCH
-    if arch == "deepseek4":
-        arch = ARCH
-    new_kv = engram_kv(layout)
-    have = set(read_engram_keys(r))
-    added = [k[len(PREFIX):] for k, *_ in new_kv if k[len(PREFIX):] not in have]
-    w = gguf.GGUFWriter(None, arch)
-    replace = {k for k, *_ in new_kv}
-    for name, field in r.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture" or name in replace:
-            continue
-        if name.startswith("deepseek4.engram."):
-            continue
-        vt = field.types[0]
-        sub = field.types[-1] if vt == gguf.GGUFValueType.ARRAY else None
-        w.add_key_value(name, _field_value(field), vt, sub_type=sub)
-    for key, val, vtype, sub in new_kv:
-        w.add_key_value(key, val, vtype, sub_type=sub)
-    if "encoding" in have:
-        w.add_key_value(PREFIX + "encoding", read_engram_keys(r)["encoding"], gguf.GGUFValueType.STRING)
-    for t in r.tensors:
-        w.add_tensor_info(t.name, [int(x) for x in t.data.shape], t.data.dtype, int(t.n_bytes), raw_dtype=t.tensor_type)
-    head = header_bytes(w)
-    total = sum(int(t.n_bytes) for t in r.tensors)
-    done = 0
-    h = xxhash.xxh3_128()
-    with atomic_path(out) as tmp, open(tmp, "wb") as fh, RowReader() as rd:
-        fh.write(head)
-        h.update(head)
-        pos = len(head)
-        for t in r.tensors:
-            for a, b in iter_blocks(0, int(t.n_bytes), block_bytes):
-                chunk = rd.read_bytes(str(path), int(t.data_offset) + a, b - a)
-                fh.write(chunk)
-                h.update(chunk)
-                done += b - a
-                if progress:
-                    progress(done, total, "copying tensors")
-            pad = (-int(t.n_bytes)) % ALIGN
-            fh.write(bytes(pad))
-            h.update(bytes(pad))
-            pos += int(t.n_bytes) + pad
-    return {"file": str(out), "added_keys": added, "replaced_keys": sorted(set(KEY_NAMES) - set(added)),
-            "tensors": len(r.tensors), "bytes": pos, "xxh3_128": h.hexdigest()}
+    dt = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+    inner = tc.source
+    if isinstance(inner, TileDequant):
+        from dataclasses import replace
+
+        from engram_cli.tables.tiles import tile_dequant_blocks
+
+        blocks, src_dt = tile_dequant_blocks(reader, source, replace(inner, dtype="F32"), block_bytes), torch.float32
+    elif isinstance(inner, TensorCopy):
+        blocks, src_dt = _copy_blocks(reader, source, inner.name, block_bytes), dt[tc.from_dtype]
+    else:
+        raise UsageError(f"cannot cast a {type(inner).__name__} source")
+    for blk in blocks:
+        x = torch.frombuffer(bytearray(np.ascontiguousarray(blk).tobytes()), dtype=src_dt)
+        y = x.to(dt[tc.dtype])
+        if bool((torch.isinf(y) & torch.isfinite(x)).any()):
+            from engram_cli.errors import BadInputError
+
+            raise BadInputError(f"a value of {getattr(inner, 'name', getattr(inner, 'weight', '?'))} exceeds the "
+                                f"{tc.dtype} range; the dialect's {tc.dtype} projection cannot hold it")
+        yield y.view(torch.int16 if tc.dtype in ("F16", "BF16") else torch.int32).numpy().view(np.uint8)
+
+
+def _copy_blocks(reader, source, name: str, block_bytes: int):
+    e = source.checkpoint.entry(name)
+    path = str(source.checkpoint.file_of(name))
+    step = max(e.itemsize, block_bytes // e.itemsize * e.itemsize)
+    for a in range(0, e.nbytes, step):
+        n = min(step, e.nbytes - a)
+        yield np.frombuffer(reader.read_bytes(path, e.offset + a, n), np.uint8)
