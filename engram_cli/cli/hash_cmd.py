@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -13,6 +14,11 @@ from engram_cli.cli.output import Output, escape
 SCHEMA = "engram.hash/1"
 CHUNK_TOKENS = 1 << 16  # tokens hashed at once: memory is bounded by this, not by the input
 TABLE_TOKENS = 4096  # tokens per printed table
+
+
+class IdDtype(str, Enum):
+    int64 = "int64"
+    int32 = "int32"
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -59,6 +65,8 @@ def hash_command(
         Optional[List[int]], typer.Option("--seq-start", help="Position where a packed sequence starts; repeatable.")
     ] = None,
     local: Annotated[bool, typer.Option("--local", help="Show head-local ids instead of global row ids.")] = False,
+    id_dtype: Annotated[IdDtype, typer.Option("--id-dtype", help="Row id type: int64, or int32 as vLLM and llama.cpp store "
+                                              "them (refused when a layer's rows exceed int32).")] = IdDtype.int64,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -91,13 +99,16 @@ def hash_command(
     out.log(f"layout: {escape(resolved.source)}")
     raw_arr = np.asarray(raw, dtype=np.int64)
     _check_ids(raw_arr, layout.vocab_size)  # before any output: the JSON document is streamed
+    from engram_cli.layout.hashing import check_id_dtype
+
+    check_id_dtype(id_dtype.value, layout.num_embeddings)
     dead_mask = np.isin(raw_arr, np.asarray(dead_token, dtype=np.int64)) if dead_token else None
     if seq_start and max(seq_start) >= raw_arr.shape[0]:
         raise UsageError(f"--seq-start {max(seq_start)} is past the last token ({raw_arr.shape[0] - 1})",
                          hint="sequence start positions are token indices")
 
     def chunks(size: int = CHUNK_TOKENS):
-        return hash_in_chunks(layout, raw_arr, seq_starts=seq_start, dead_mask=dead_mask, chunk=size)
+        return hash_in_chunks(layout, raw_arr, seq_starts=seq_start, dead_mask=dead_mask, chunk=size, id_dtype=id_dtype.value)
 
     if json_out:
         _stream_json(layout, raw_arr, chunks, dead_token, seq_start)
@@ -113,7 +124,7 @@ def _stream_json(layout, raw, chunks, dead_token, seq_start) -> None:
 
     w = sys.stdout.write
     head = {"schema": SCHEMA, "variant": layout.variant, "layer_ids": list(layout.layer_ids),
-            "columns": [{"order": n, "head": h} for n, h in layout.columns]}
+            "columns": [{"order": n, "head": h} for n, h in layout.columns], "layers": [i.to_dict() for i in layout.layers]}
     w(json.dumps(head)[:-1])
     w(', "tokens": ' + json.dumps(raw.tolist()))
     for key in ("compressed", "local_ids", "global_ids"):
@@ -137,8 +148,8 @@ def _render(out: Output, layout, raw, start: int, result, tok, local: bool) -> N
     kind = "head-local" if local else "global row"
     n_tok = ids.shape[0]
     span = f", tokens {start}..{start + n_tok - 1}" if start or n_tok < raw.shape[0] else ""
-    for li, lid in enumerate(layout.layer_ids):
-        table = Table(title=f"layer {lid}: {kind} ids ({layout.variant}{span})", title_justify="left")
+    for li, lay_ids in enumerate(layout.layers):
+        table = Table(title=f"layer {lay_ids.label()}: {kind} ids ({layout.variant}{span})", title_justify="left")
         table.add_column("pos", justify="right")
         table.add_column("token")
         table.add_column("raw", justify="right")

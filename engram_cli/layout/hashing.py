@@ -9,18 +9,32 @@ that position and every older one pad), and EOS resets (Qwen4-Exp).
 For order n, ``mix_n = XOR_{k<n} tok_k * m_k`` (built incrementally); head j of order n emits
 ``mix_n mod p_{n,j}`` (head-local) and that plus the head's offset (global row id).
 
-The numpy kernel works on cache-sized token chunks and replaces the int64 division by a
-float64 reciprocal estimate with one exact integer correction, which is bit-exact for
+CPU kernels (:func:`hash_cpu` dispatches): the compiled numba kernel
+(:mod:`engram_cli.layout.hash_numba`, one pass, parallel over token chunks) when numba is
+importable and ``ENGRAM_NO_NUMBA`` is unset or 0, for inputs of at least ``NUMBA_MIN_TOKENS``
+tokens (below that numba's import costs more than it saves) or once the kernel is loaded in
+the process; otherwise the numpy kernel,
+which is kept as the reference: it works on cache-sized token chunks and replaces the int64
+division by a float64 reciprocal estimate with one exact integer correction, bit-exact for
 every prime >= 2**14 (smaller primes use integer ``%``). A torch kernel serves CUDA tensors.
+Both write int64 or int32 ids (``id_dtype``).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+
+from engram_cli.compiled import numba_enabled
+
+NUMBA_MIN_TOKENS = 1 << 20  # below this, numba's import and cache load (~0.5 s) cost more than the kernel saves
+ID_DTYPES = ("int64", "int32")
+_NUMBA_LOCK = threading.Lock()  # numba's workqueue threading layer (the fallback) is not re-entrant
 
 # Float reciprocal modulo is exact when the estimate's error stays below 0.5:
 # (2**63 / p) * 3 * 2**-53 < 0.5  <=>  p > 6 * 2**10; use a safe margin.
@@ -31,7 +45,7 @@ _CHUNK = 16384
 @dataclass(frozen=True)
 class HashIds:
     """Hash output: compressed ids ``[batch, tokens]`` and global row ids
-    ``[batch, tokens, layers, columns]`` int64 (numpy, or torch on the input's device).
+    ``[batch, tokens, layers, columns]`` int64 or int32 (numpy, or torch on the input's device).
 
     ``local`` (head-local ids) is derived on access as ``global_ - offsets``.
     """
@@ -73,6 +87,69 @@ def available_lookbacks(
     return np.clip(avail, 0, max_ngram_size).astype(np.int8)
 
 
+def eos_starts(ids: np.ndarray, start_mask: np.ndarray | None, eos_id: int | None) -> np.ndarray | None:
+    """``start_mask`` plus a segment start right after every ``eos_id`` (the EOS closes its own segment)."""
+    if eos_id is None:
+        return start_mask
+    after_eos = np.zeros(ids.shape, dtype=bool)
+    after_eos[:, 1:] = ids[:, :-1] == eos_id
+    return after_eos if start_mask is None else (start_mask | after_eos)
+
+
+def check_id_dtype(id_dtype: str, rows: Sequence[int]) -> np.dtype:
+    """The numpy dtype for ``id_dtype``; UsageError when a layer's rows do not fit it."""
+    from engram_cli.errors import UsageError
+
+    if id_dtype not in ID_DTYPES:
+        raise UsageError(f"unknown id dtype {id_dtype!r}", hint="int64 or int32")
+    dt = np.dtype(id_dtype)
+    limit = int(np.iinfo(dt).max)
+    big = [int(r) for r in rows if int(r) - 1 > limit]
+    if big:
+        raise UsageError(
+            f"{id_dtype} cannot hold this layout's row ids: a layer has {max(big):,} rows, {id_dtype} holds ids up to {limit:,}",
+            hint="use int64 ids",
+        )
+    return dt
+
+
+def hash_cpu(
+    compressed: np.ndarray,
+    pad_id: int,
+    multipliers: Sequence[Sequence[int]],
+    primes: Sequence[Sequence[int]],
+    offsets: Sequence[Sequence[int]],
+    n_heads: int,
+    *,
+    start_mask: np.ndarray | None = None,
+    dead_mask: np.ndarray | None = None,
+    eos_id: int | None = None,
+    id_dtype: str = "int64",
+    threads: int | None = None,
+    kernel: str = "auto",
+) -> np.ndarray:
+    """Global row ids ``[B, T, L, C]`` of compressed ids ``[B, T]`` on the CPU.
+
+    ``start_mask``/``dead_mask``: bool ``[B, T]``; ``eos_id``: compressed id after which a
+    segment restarts. ``kernel``: "auto" (numba when :func:`numba_enabled` and the input has
+    at least ``NUMBA_MIN_TOKENS`` tokens or numba is loaded already), "numba" or "numpy". Both
+    are bit-identical (tested).
+    """
+    comp = np.asarray(compressed, dtype=np.int64)
+    dt = np.dtype(id_dtype)
+    big = comp.size >= NUMBA_MIN_TOKENS or "engram_cli.layout.hash_numba" in sys.modules
+    use_numba = kernel == "numba" or (kernel == "auto" and big and numba_enabled())
+    if use_numba:
+        from engram_cli.layout import hash_numba
+
+        with _NUMBA_LOCK:
+            return hash_numba.hash_global(comp, pad_id, multipliers, primes, offsets, n_heads, start_mask=start_mask,
+                                          dead_mask=dead_mask, eos_id=eos_id, out_dtype=dt, threads=threads)
+    max_n = len(primes[0]) // n_heads + 1 if primes and n_heads else 1
+    avail = available_lookbacks(comp.shape, max_n, eos_starts(comp, start_mask, eos_id), dead_mask)
+    return hash_numpy(comp, avail, pad_id, multipliers, primes, offsets, n_heads, threads=threads, out_dtype=dt)
+
+
 def hash_numpy(
     compressed: np.ndarray,
     avail: np.ndarray,
@@ -83,8 +160,9 @@ def hash_numpy(
     n_heads: int,
     chunk: int = _CHUNK,
     threads: int | None = None,
+    out_dtype: Any = np.int64,
 ) -> np.ndarray:
-    """The chunked numpy kernel: global row ids ``[B, T, L, C]`` int64.
+    """The chunked numpy kernel: global row ids ``[B, T, L, C]`` (``out_dtype``, int64 by default).
 
     Each chunk of tokens is hashed head by head into a small column-major scratch buffer
     (long contiguous loops that stay in cache), offset, and written transposed into the
@@ -98,7 +176,7 @@ def hash_numpy(
     flat = np.ascontiguousarray(compressed, dtype=np.int64).reshape(-1)
     avail_flat = avail.reshape(-1)
     total = flat.shape[0]
-    glob = np.empty((total, n_layers, n_cols), dtype=np.int64)
+    glob = np.empty((total, n_layers, n_cols), dtype=out_dtype)
     # Left-pad so that x[t-k] indexing never wraps; availability decides what is real.
     padded = np.concatenate([np.full(max_n - 1, pad_id, dtype=np.int64), flat])
     mults = [[np.int64(m) for m in ms] for ms in multipliers]
@@ -170,7 +248,7 @@ class _HeadModulus:
     use_float: bool
 
     @classmethod
-    def for_order(cls, primes: Sequence[int]) -> "_HeadModulus":
+    def for_order(cls, primes: Sequence[int]) -> _HeadModulus:
         ps = [int(p) for p in primes]
         ok = min(ps) >= _FLOAT_MOD_MIN_PRIME and max(ps) < 1.01 * min(ps)
         arr = np.asarray(ps, dtype=np.int64)[:, None]
@@ -192,16 +270,40 @@ class _HeadModulus:
         np.minimum(out.view(np.uint64), r.view(np.uint64), out=out.view(np.uint64))
 
 
+def available_lookbacks_torch(shape: tuple[int, int], max_ngram_size: int, start_mask: Any = None, dead_mask: Any = None,
+                              device: Any = None) -> Any:
+    """:func:`available_lookbacks` with torch ops on ``device`` (masks: bool tensors there)."""
+    import torch
+
+    b, t = shape
+    pos = torch.arange(t, dtype=torch.int64, device=device).expand(b, t)
+    first_valid = torch.zeros((b, t), dtype=torch.int64, device=device)
+    if start_mask is not None:
+        first_valid = torch.cummax(torch.where(start_mask, pos, 0), dim=1).values
+    if dead_mask is not None:
+        last_dead = torch.cummax(torch.where(dead_mask, pos, -1), dim=1).values
+        first_valid = torch.maximum(first_valid, last_dead + 1)
+    return (pos - first_valid + 1).clamp_(0, max_ngram_size).to(torch.int8)
+
+
 def hash_torch(
     compressed: Any,
-    avail: Any,
     pad_id: int,
     multipliers: Sequence[Sequence[int]],
     primes: Sequence[Sequence[int]],
     offsets: Sequence[Sequence[int]],
     n_heads: int,
+    *,
+    start_mask: Any = None,
+    dead_mask: Any = None,
+    eos_id: int | None = None,
+    id_dtype: str = "int64",
 ) -> Any:
-    """Whole-tensor torch kernel (any device): global row ids, as :func:`hash_numpy`."""
+    """Whole-tensor torch kernel on the input's device: global row ids, as :func:`hash_cpu`.
+
+    Everything stays on the device (masks: bool tensors, moved there). One broadcast per
+    n-gram order covers every layer and head: ``[B, T, L] mod [L, H]`` -> ``[B, T, L, H]``.
+    """
     import torch
 
     x = compressed.to(torch.int64)
@@ -210,20 +312,25 @@ def hash_torch(
     n_layers = len(primes)
     n_cols = len(primes[0]) if n_layers else 0
     max_n = n_cols // n_heads + 1 if n_heads else 1
-    avail = avail.to(dev)
+    glob = torch.empty((b, t, n_layers, n_cols), dtype=getattr(torch, id_dtype), device=dev)
+    if glob.numel() == 0:
+        return glob
+    if eos_id is not None:
+        after_eos = torch.zeros((b, t), dtype=torch.bool, device=dev)
+        after_eos[:, 1:] = x[:, :-1] == int(eos_id)
+        start_mask = after_eos if start_mask is None else (start_mask.to(dev) | after_eos)
+    avail = available_lookbacks_torch((b, t), max_n, None if start_mask is None else start_mask.to(dev),
+                                      None if dead_mask is None else dead_mask.to(dev), dev)
     padded = torch.nn.functional.pad(x, (max_n - 1, 0), value=pad_id)
-    toks = []
-    for k in range(max_n):
-        tk = padded[:, max_n - 1 - k : max_n - 1 - k + t]
-        toks.append(torch.where(avail > k, tk, torch.full_like(tk, pad_id)))
-    glob = torch.empty((b, t, n_layers, n_cols), dtype=torch.int64, device=dev)
+    mult = torch.tensor([[int(v) for v in m] for m in multipliers], dtype=torch.int64, device=dev)  # [L, N]
+    p = torch.tensor([list(r) for r in primes], dtype=torch.int64, device=dev)  # [L, C]
     off = torch.tensor([list(o) for o in offsets], dtype=torch.int64, device=dev)
-    for li in range(n_layers):
-        m = multipliers[li]
-        p = torch.tensor(list(primes[li]), dtype=torch.int64, device=dev)
-        mix = toks[0] * int(m[0])
-        for k in range(1, max_n):
-            mix = torch.bitwise_xor(mix, toks[k] * int(m[k]))
+    mix = None
+    for k in range(max_n):
+        tk = torch.where(avail > k, padded[:, max_n - 1 - k: max_n - 1 - k + t], pad_id)
+        prod = tk.unsqueeze(-1) * mult[:, k]  # [B, T, L]
+        mix = prod if mix is None else mix.bitwise_xor_(prod)
+        if k:
             cols = slice((k - 1) * n_heads, k * n_heads)
-            glob[:, :, li, cols] = torch.remainder(mix.unsqueeze(-1), p[cols]) + off[li, cols]
+            glob[..., cols] = torch.remainder(mix.unsqueeze(-1), p[:, cols]).add_(off[:, cols])
     return glob

@@ -1,10 +1,9 @@
-"""Prime head sizes for the hash variants (sympy does the primality work)."""
+"""Prime head sizes for the hash variants (sympy does the primality work, imported only when a
+prime is searched: it costs ~0.3 s at import)."""
 
 from __future__ import annotations
 
 from typing import Sequence
-
-from sympy import nextprime
 
 
 def distinct_primes(
@@ -18,6 +17,8 @@ def distinct_primes(
     """
     if len(vocab_bases) != max_ngram_size - 1:
         raise ValueError(f"need {max_ngram_size - 1} vocab bases (one per n-gram order), got {len(vocab_bases)}")
+    from sympy import nextprime
+
     used: set[int] = set()
     layers: list[list[int]] = []
     for _ in range(n_layers):
@@ -41,6 +42,8 @@ def consecutive_primes_from(base: int, start_index: int, count: int) -> list[int
     The k-th prime (1-based) after ``base - 1``; head g of PLE layer l takes index
     ``l * heads + g``.
     """
+    from sympy import nextprime
+
     primes: list[int] = []
     p = int(base) - 1
     for _ in range(start_index):

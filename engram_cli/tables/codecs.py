@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from typing import Iterator
 
 import numpy as np
@@ -67,14 +68,15 @@ def check_convertible(src: Encoding, dst: Encoding, what: str = "table") -> None
 
 
 # ---------------------------------------------------------------- torch, one intra-op thread
-_THREADS: int | None = None
+_LOCAL = threading.local()  # .threads: the intra-op thread count asked by codec_threads in this thread
 
 
 def _torch():
     import torch
 
-    if _THREADS is not None and torch.get_num_threads() != _THREADS:
-        torch.set_num_threads(_THREADS)
+    want = getattr(_LOCAL, "threads", None)
+    if want is not None and torch.get_num_threads() != want:
+        torch.set_num_threads(want)
     return torch
 
 
@@ -87,15 +89,14 @@ def codec_threads(n: int = 1) -> Iterator[None]:
     """
     import sys
 
-    global _THREADS
-    prev_flag = _THREADS
+    prev_flag = getattr(_LOCAL, "threads", None)
     torch = sys.modules.get("torch")
     prev = torch.get_num_threads() if torch is not None else None
-    _THREADS = n
+    _LOCAL.threads = n
     try:
         yield
     finally:
-        _THREADS = prev_flag
+        _LOCAL.threads = prev_flag
         torch = sys.modules.get("torch")
         if torch is not None:
             want = prev if prev is not None else (prev_flag or torch.get_num_threads())
@@ -113,6 +114,24 @@ def _tdtype(st: str):
 
 # ---------------------------------------------------------------- fp8-e4m3 x e8m0 lookup tables
 CHUNK_ELEMS = 1 << 18  # elements per codec chunk: index, table and output stay in L2
+KERNEL_MIN_ELEMS = 1 << 22  # smaller decodes keep the numpy table path unless the kernels are loaded already
+
+
+def _compiled(elems: int | None = None):
+    """The compiled kernels (:mod:`engram_cli.tables.codec_kernels`), or None: numba missing,
+    ``ENGRAM_NO_NUMBA=1``, or a decode under ``KERNEL_MIN_ELEMS`` elements while numba is not
+    loaded yet (its import and cache load cost more than the numpy path there)."""
+    import sys
+
+    from engram_cli.compiled import numba_enabled
+
+    if not numba_enabled():
+        return None
+    if elems is not None and elems < KERNEL_MIN_ELEMS and "engram_cli.tables.codec_kernels" not in sys.modules:
+        return None
+    from engram_cli.tables import codec_kernels
+
+    return codec_kernels
 
 
 def is_fp8_e8m0(enc: Encoding) -> bool:
@@ -179,6 +198,8 @@ def lut_decode(w: np.ndarray, s: np.ndarray, group: int, out_dtype: str, out: np
     out = _out_view(out, (n, cols), lut.dtype) if out is not None else np.empty((n, cols), lut.dtype)
     if n == 0:
         return out
+    if (fast := _compiled(w.size)) is not None:
+        return fast.decode(w, s, group, lut, out)
     ch = max(1, min(n, CHUNK_ELEMS // max(1, cols)))
     idx = np.empty((ch, cols), np.uint16)
     hi = np.empty((ch, g), np.uint16)
@@ -313,6 +334,10 @@ def convert(src: Encoding, dst: Encoding, dim: int, w: np.ndarray, s: np.ndarray
     if s is not None and is_fp8_e8m0(src) and dst.scale_dtype is None and dst.weight_dtype in ("BF16", "F32"):
         bits = lut_decode(w.reshape(n, dim), s.reshape(n, -1), src.group, dst.weight_dtype, out_w)
         return bits.view(np.uint8).reshape(n, -1), None
+    if (fast := _compiled()) is not None:
+        wv = _out_view(out_w, (n, dst.weight_row_bytes(dim)), np.uint8)
+        if (done := fast.quantise(src, dst, dim, w, s, e4m3_e8m0_lut("F32"), wv)) is not None:
+            return done
     mid = _mid(src, dst)
     ch = max(1, CHUNK_ELEMS // max(1, dim))
     if n <= ch and out_w is None:
@@ -334,6 +359,9 @@ def convert_scales(src: Encoding, dst: Encoding, dim: int, w: np.ndarray, s: np.
         return s
     if dst.scale_dtype is None:
         raise UsageError(f"{dst.name} has no scales")
+    if (fast := _compiled()) is not None:
+        if (done := fast.quantise(src, dst, dim, w, s, e4m3_e8m0_lut("F32"), scales_only=True)) is not None:
+            return done[1]
     torch = _torch()
     n = w.shape[0]
     mid = _mid(src, dst)

@@ -1,0 +1,239 @@
+"""Compiled table codecs (numba): fp8-e4m3 + e8m0 and int8 group-32 quantisation, and
+fp8-e4m3 x e8m0 -> bf16/fp32 dequantisation, one pass over a row block.
+
+Each kernel streams the block row by row and group by group: a 32-value group is loaded
+(bf16 bits widened, fp32 as is, or fp8 x e8m0 decoded through the exact fp32 table), reduced
+and written; the working set is one group plus, for decoding, the 512-byte (bf16) or 1 KiB
+(fp32) slice of the 65536-entry table that the group's scale byte selects. No temporaries,
+no torch. ``nogil``, so the background writer thread runs beside them.
+
+The arithmetic is the torch reference's, operation for operation (``codecs.encode`` on the
+fp32 values ``codecs.decode`` gives), so the bytes are identical (tested for all 256 x 256
+code/scale pairs, NaN, +-inf, zeros and subnormals):
+
+- fp8: ``amax`` over the group (NaN-propagating), ``ratio = fl32(amax / 448)``, ``e`` from
+  ``frexp(ratio)`` (``e = exp - 1`` when the mantissa is 0.5; ``e = 0`` when ``amax`` is not
+  > 0 or ``ratio`` is 0 or inf, as torch's ``frexp`` gives), scale byte ``clamp(e + 127, 1,
+  254)``, ``q = e4m3(clamp(fl32(x * 2**-e), -448, 448))`` rounded as c10's
+  ``fp8e4m3fn_from_fp32_value`` (nearest even; NaN -> 0x7F with the sign).
+- int8: ``scale = fl32(amax / 127)`` if ``amax > 0`` else 1, ``q = clamp(rint(fl32(x / scale)),
+  -127, 127)``, NaN -> 0 (torch's float -> int8 cast).
+
+This module imports numba at import time: import it lazily (``codecs`` does).
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
+
+E4M3_MAX = np.float32(448.0)
+
+
+@intrinsic
+def _f32_bits(typingctx, x):
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def _bits_f32(typingctx, b):
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.uint32), codegen
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def e4m3_from_f32(v):
+    """fp32 -> e4m3fn code as torch (2.13) casts: round to nearest even, NaN -> 0x7F with the
+    sign, and saturating: ``|v| >= 448`` and +-inf -> +-448 (0x7E). The quantisers clamp to
+    +-448 first, so only NaN and the rounding below 448 matter to them.
+
+    Branch-free float form (so it vectorises): adding and subtracting ``2**(E + 20)``, with
+    ``E = max(exponent(|v|), -6)``, rounds ``|v|`` to a multiple of ``2**(E - 3)`` (3 mantissa
+    bits; ``2**-9``, the subnormal step, below 2**-6) in the fp32 unit's nearest-even mode;
+    the code is then read off the result's bits (normal) or ``r * 2**9`` (subnormal).
+    """
+    bits = _f32_bits(v)
+    a = _bits_f32(bits & np.uint32(0x7FFFFFFF))
+    eb = bits & np.uint32(0x7F800000)
+    eb = eb if eb > np.uint32(121 << 23) else np.uint32(121 << 23)
+    magic = _bits_f32(np.uint32(eb + np.uint32(20 << 23)))
+    r = (a + magic) - magic
+    nor = np.int32(_f32_bits(r) >> np.uint32(20)) - np.int32(120 << 3)
+    sub = np.int32(r * np.float32(512.0))
+    res = nor if r >= np.float32(2.0**-6) else sub
+    res = np.int32(0x7E) if a >= E4M3_MAX else res
+    res = res if a == a else np.int32(0x7F)
+    return np.uint8(res | np.int32((bits >> np.uint32(24)) & np.uint32(0x80)))
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _amax_bits(bbuf, n):
+    """Largest ``|x|`` of fp32 bits ``bbuf[:n]`` as bits: non-negative floats order like their
+    bits, and NaN bits (> 0x7F800000) exceed them all, so one integer max also finds NaN."""
+    m = np.uint32(0)
+    for i in range(n):
+        a = bbuf[i] & np.uint32(0x7FFFFFFF)
+        m = a if a > m else m
+    return m
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _fp8_group(bbuf, n, w_out, c0, s_out, g):
+    """Quantise fp32 bits ``bbuf[:n]`` into codes ``w_out[c0:c0+n]`` and scale byte ``s_out[g]``."""
+    mb = _amax_bits(bbuf, n)
+    sb = 127  # e = 0: amax 0, NaN, inf, or amax / 448 rounding to 0 (torch's frexp gives exponent 0 there)
+    if np.uint32(0) < mb < np.uint32(0x7F800000):
+        rb = _f32_bits(_bits_f32(mb) / E4M3_MAX)
+        ex = np.int64(rb >> np.uint32(23))  # ratio = 1.m * 2**(ex - 127); e = ceil(log2(ratio))
+        if ex > 0:
+            sb = min(254, ex if (rb & np.uint32(0x7FFFFF)) == 0 else ex + 1)
+        elif rb != 0:
+            sb = 1  # a subnormal ratio: e <= -126, clamped
+    inv = _bits_f32(np.uint32((254 - sb) << 23))  # 2**-(sb - 127), exact (sb <= 254 keeps it normal)
+    for i in range(n):
+        v = _bits_f32(bbuf[i]) * inv
+        v = E4M3_MAX if v > E4M3_MAX else v  # NaN passes both
+        v = -E4M3_MAX if v < -E4M3_MAX else v
+        w_out[c0 + i] = e4m3_from_f32(v)
+    s_out[g] = sb
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _int8_group(bbuf, n, w_out, c0, s_out, g):
+    """Quantise fp32 bits ``bbuf[:n]`` into int8 codes (as uint8) and the fp32 scale ``s_out[g]``."""
+    mb = _amax_bits(bbuf, n)
+    scale = np.float32(1.0)
+    if np.uint32(0) < mb <= np.uint32(0x7F800000):  # amax > 0 (inf included, NaN not)
+        scale = _bits_f32(mb) / np.float32(127.0)
+    for i in range(n):
+        v = np.rint(_bits_f32(bbuf[i]) / scale)
+        v = np.float32(127.0) if v > np.float32(127.0) else v
+        v = np.float32(-127.0) if v < np.float32(-127.0) else v
+        q = np.int32(v) if v == v else np.int32(0)  # NaN -> 0, as torch's cast
+        w_out[c0 + i] = np.uint8(q & np.int32(0xFF))
+    s_out[g] = scale
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _load_float(x, shift, r, c0, group, bbuf):
+    xr = x[r]
+    for i in range(group):
+        bbuf[i] = np.uint32(xr[c0 + i]) << np.uint32(shift)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _load_fp8(w, s, sidx, lut32, r, c0, group, bbuf):
+    wr, sr = w[r], s[r]
+    for i in range(group):
+        c = c0 + i
+        bbuf[i] = lut32[(np.int64(sr[sidx[c]]) << 8) | np.int64(wr[c])]
+
+
+# Four kernels (source float bits or fp8 x e8m0) x (target fp8 or int8). Each takes the target's
+# ``w_out [n, dim]`` uint8 and ``s_out [n, dim/group]`` (uint8 e8m0 bytes, or float32 int8
+# scales); ``write_w`` False computes the scales only (``w_out`` may then be any [>=1, dim] buffer).
+# Float sources: uint16 bf16 bits with ``shift`` 16, or uint32 fp32 bits with ``shift`` 0.
+# fp8 sources: codes ``w``, e8m0 bytes ``s`` per ``sgroup`` columns, ``lut32`` the exact fp32 table.
+
+@nb.njit(cache=True, nogil=True)
+def float_to_fp8(x, shift, group, w_out, s_out, write_w):
+    n, dim = x.shape
+    buf = np.empty(group, np.uint32)
+    for r in range(n):
+        wr = w_out[r if write_w else 0]
+        for g in range(dim // group):
+            _load_float(x, shift, r, g * group, group, buf)
+            _fp8_group(buf, group, wr, g * group, s_out[r], g)
+
+
+@nb.njit(cache=True, nogil=True)
+def float_to_int8(x, shift, group, w_out, s_out, write_w):
+    n, dim = x.shape
+    buf = np.empty(group, np.uint32)
+    for r in range(n):
+        wr = w_out[r if write_w else 0]
+        for g in range(dim // group):
+            _load_float(x, shift, r, g * group, group, buf)
+            _int8_group(buf, group, wr, g * group, s_out[r], g)
+
+
+@nb.njit(cache=True, nogil=True)
+def fp8_to_fp8(w, s, sgroup, lut32, group, w_out, s_out, write_w):
+    n, dim = w.shape
+    buf = np.empty(group, np.uint32)
+    sidx = np.arange(dim) // sgroup
+    for r in range(n):
+        wr = w_out[r if write_w else 0]
+        for g in range(dim // group):
+            _load_fp8(w, s, sidx, lut32, r, g * group, group, buf)
+            _fp8_group(buf, group, wr, g * group, s_out[r], g)
+
+
+@nb.njit(cache=True, nogil=True)
+def fp8_to_int8(w, s, sgroup, lut32, group, w_out, s_out, write_w):
+    n, dim = w.shape
+    buf = np.empty(group, np.uint32)
+    sidx = np.arange(dim) // sgroup
+    for r in range(n):
+        wr = w_out[r if write_w else 0]
+        for g in range(dim // group):
+            _load_fp8(w, s, sidx, lut32, r, g * group, group, buf)
+            _int8_group(buf, group, wr, g * group, s_out[r], g)
+
+
+@nb.njit(cache=True, nogil=True)
+def decode_fp8(w, s, group, lut, out):
+    """``out[r, c] = lut[s[r, c // group] << 8 | w[r, c]]`` (bf16 uint16 or fp32 uint32 bits);
+    a partial last group (width not a multiple of ``group``) is handled."""
+    n, cols = w.shape
+    for r in range(n):
+        for g in range(s.shape[1]):
+            c0 = g * group
+            c1 = min(cols, c0 + group)
+            base = np.int64(s[r, g]) << 8
+            for c in range(c0, c1):
+                out[r, c] = lut[base | np.int64(w[r, c])]
+    return out
+
+
+# ---------------------------------------------------------------- entry points for codecs.py
+_FLOAT_SOURCES = {"BF16": (np.uint16, 16), "F32": (np.uint32, 0)}
+
+
+def decode(w: np.ndarray, s: np.ndarray, group: int, lut: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """fp8 codes ``w [n, C]`` x e8m0 bytes ``s [n, ceil(C/group)]`` -> ``out [n, C]`` output bits
+    (``lut``: ``codecs.e4m3_e8m0_lut``, uint16 bf16 or uint32 fp32)."""
+    return decode_fp8(np.ascontiguousarray(w), np.ascontiguousarray(s), int(group), lut, out)
+
+
+def quantise(src, dst, dim: int, w: np.ndarray, s: np.ndarray | None, lut32: np.ndarray,
+             out_w: np.ndarray | None = None, scales_only: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+    """``src`` (bf16, fp32, or fp8-e4m3 x e8m0) rows -> ``dst`` (fp8-e4m3 + e8m0 bytes, or int8 +
+    fp32 scales), as ``(weight uint8 [n, dim], scale uint8 [n, scale row bytes])``, or None when
+    the kernels do not cover the pair. ``out_w``: uint8 ``[n, dim]`` for the weights;
+    ``scales_only``: weights are not kept (the first element is then a scratch row)."""
+    fp8 = dst.weight_dtype == "F8_E4M3" and dst.scale_dtype in ("F8_E8M0", "U8")
+    int8 = dst.weight_dtype == "I8" and dst.scale_dtype == "F32"
+    if not (fp8 or int8) or dst.pack != 1 or src.pack != 1 or dim % dst.group:
+        return None
+    n = w.shape[0]
+    s_out = np.empty((n, dim // dst.group), np.uint8 if fp8 else np.float32)
+    w_out = np.empty((1, dim), np.uint8) if scales_only else (np.empty((n, dim), np.uint8) if out_w is None else out_w)
+    if src.scale_dtype is None and src.weight_dtype in _FLOAT_SOURCES:
+        dt, shift = _FLOAT_SOURCES[src.weight_dtype]
+        x = np.ascontiguousarray(w).reshape(n, -1).view(dt)
+        (float_to_fp8 if fp8 else float_to_int8)(x, shift, dst.group, w_out, s_out, not scales_only)
+    elif src.weight_dtype == "F8_E4M3" and src.scale_dtype in ("F8_E8M0", "U8") and s is not None:
+        args = (np.ascontiguousarray(w).reshape(n, dim), np.ascontiguousarray(s).reshape(n, -1), src.group, lut32)
+        (fp8_to_fp8 if fp8 else fp8_to_int8)(*args, dst.group, w_out, s_out, not scales_only)
+    else:
+        return None
+    return w_out, s_out.view(np.uint8).reshape(n, -1)
