@@ -68,7 +68,7 @@ def make_v41_checkpoint(root: Path, *, vocab_base: int = 300, seed: int = 0, sca
     extra: dict[str, list[str]] = {}
     if with_wkv:
         r, c = WKV_SHAPE
-        for i, layer in enumerate(lay.layer_ids):
+        for layer in lay.layer_ids:
             t[f"layers.{layer}.engram.wkv.weight"] = random_fp8(r, c, rng)
             t[f"layers.{layer}.engram.wkv.scale"] = random_scales(-(-r // 32), -(-c // 32), rng)
         extra = {"model-00001-of-00003.safetensors": [f"layers.{l14}.engram.wkv.scale", f"layers.{l1}.engram.wkv.weight"],
@@ -161,3 +161,35 @@ def write_sharded(root: Path, tensors: dict, shards: dict[str, list[str]]) -> No
         wm.update({n: fname for n in names})
     total = sum(tensors[n].numel() * tensors[n].element_size() for n in wm)
     (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": wm}))
+
+
+def write_raw_safetensors(path: Path, header: dict | bytes, data: bytes, length: int | None = None) -> None:
+    """A safetensors file from a header (dict, or raw bytes) and data, byte for byte as given
+    (``length`` overrides the 8-byte header length), to build malformed files."""
+    import struct
+
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    raw += b" " * ((-len(raw)) % 8)
+    Path(path).write_bytes(struct.pack("<Q", len(raw) if length is None else length) + raw + data)
+
+
+def tiny_v41_tensors(rows: int = 4) -> tuple[dict, bytes]:
+    """Header entries and data of a minimal V4.1 table (fp8 [rows, 256] + e8m0 scale [rows, 8])."""
+    w, s = rows * 256, rows * 8
+    header = {"__metadata__": {"format": "pt"},
+              "layers.1.engram.embed.weight": {"dtype": "F8_E4M3", "shape": [rows, 256], "data_offsets": [0, w]},
+              "layers.1.engram.embed.scale": {"dtype": "F8_E8M0", "shape": [rows, 8], "data_offsets": [w, w + s]}}
+    data = bytes((i * 7) % 120 for i in range(w)) + bytes([127]) * s
+    return header, data
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, str]]:
+    """Every file under ``root`` (links not followed): size and xxh3 digest, to assert nothing changed."""
+    import xxhash
+
+    out = {}
+    for p in sorted(Path(root).rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            out[str(p.relative_to(root))] = (p.stat().st_size, xxhash.xxh3_128(p.read_bytes()).hexdigest())
+    return out
+

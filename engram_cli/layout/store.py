@@ -10,6 +10,7 @@ import numpy as np
 
 from engram_cli.errors import BadInputError
 from engram_cli.fsutil import atomic_path
+from engram_cli.pathguard import safe_join
 
 if TYPE_CHECKING:  # pragma: no cover
     from engram_cli.layout.layout import EngramLayout
@@ -68,7 +69,9 @@ def load_layout(path: str | Path) -> "EngramLayout":
     token_map = None
     info = doc.get("token_map")
     if info:
-        tm_file = file.parent / str(info.get("file", ""))
+        if not isinstance(info, dict):
+            raise BadInputError(f"{file.name}: token_map is {type(info).__name__}, expected an object")
+        tm_file = safe_join(file.parent, info.get("file"), f"{file.name}: token_map file")
         if not tm_file.is_file():
             raise BadInputError(f"token map {tm_file} referenced by {file.name} is missing")
         token_map = _read_token_map(tm_file)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engram_cli.errors import BadInputError
+from engram_cli.pathguard import safe_join
 from engram_cli.tables.st_format import SafetensorsHeader, TensorEntry, read_header
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -44,7 +45,7 @@ class Checkpoint:
         if cfg.is_file():
             try:
                 return json.loads(cfg.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
                 raise BadInputError(f"{cfg}: not valid JSON") from None
         return None
 
@@ -54,6 +55,24 @@ def is_hf_checkpoint(path: Path) -> bool:
     if path.is_file():
         return path.suffix == ".safetensors"
     return (path / INDEX_FILE).is_file() or (path / SINGLE_FILE).is_file() or any(path.glob("*.safetensors"))
+
+
+def _read_index(index_path: Path) -> dict:
+    """The index document, checked: a ``weight_map`` of tensor name -> file name strings, and
+    ``metadata`` (if any) an object; every file name stays inside the folder."""
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise BadInputError(f"{index_path.name}: corrupt index (not JSON)") from None
+    if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
+        raise BadInputError(f"{index_path.name}: corrupt index (no weight_map object)")
+    if not isinstance(index.get("metadata", {}), (dict, type(None))):
+        raise BadInputError(f"{index_path.name}: metadata is {type(index['metadata']).__name__}, expected an object")
+    for name, f in index["weight_map"].items():
+        if not isinstance(f, str):
+            raise BadInputError(f"{index_path.name}: weight_map[{name!r}] is {type(f).__name__}, expected a file name")
+        safe_join(index_path.parent, f, f"{index_path.name}: weight_map[{name!r}]")
+    return index
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:
@@ -67,14 +86,8 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         root = path
         index_path = path / INDEX_FILE
         if index_path.is_file():
-            try:
-                index = json.loads(index_path.read_text(encoding="utf-8"))
-                wm = index["weight_map"]
-                if not isinstance(wm, dict):
-                    raise TypeError
-            except (OSError, json.JSONDecodeError, KeyError, TypeError):
-                raise BadInputError(f"{index_path.name}: corrupt index (no weight_map)") from None
-            files = list(dict.fromkeys(wm.values()))
+            index = _read_index(index_path)
+            files = list(dict.fromkeys(index["weight_map"].values()))
         else:
             index_path, index = None, None
             if (path / SINGLE_FILE).is_file():
@@ -83,6 +96,8 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
                 files = sorted(p.name for p in path.glob("*.safetensors"))
             if not files:
                 raise BadInputError(f"{path}: no model.safetensors, index or *.safetensors files")
+            for f in files:
+                safe_join(root, f, "checkpoint file")
     headers: dict[str, SafetensorsHeader] = {}
     for f in files:
         fp = root / f
@@ -90,6 +105,12 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
             some = next((k for k, v in (index or {}).get("weight_map", {}).items() if v == f), "?")
             raise BadInputError(f"index maps tensor {some!r} to {f}, which is missing")
         headers[f] = read_header(fp)
+    weight_map = _weight_map(index, headers)
+    return Checkpoint(root, index_path, weight_map, headers, dict((index or {}).get("metadata") or {}))
+
+
+def _weight_map(index: dict | None, headers: dict[str, SafetensorsHeader]) -> dict[str, str]:
+    """Tensor name -> file, from the index (checked against every header) or the headers alone."""
     weight_map: dict[str, str] = {}
     if index is not None:
         for name, f in index["weight_map"].items():
@@ -105,10 +126,10 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
                         f"index/header mismatch: {f} holds tensor {name!r}, which the index "
                         + ("does not list" if name not in index["weight_map"] else f"maps to {index['weight_map'][name]}")
                     )
-    else:
-        for f, h in headers.items():
-            for name in h.tensors:
-                if name in weight_map:
-                    raise BadInputError(f"tensor {name!r} appears in both {weight_map[name]} and {f}")
-                weight_map[name] = f
-    return Checkpoint(root, index_path, weight_map, headers, dict((index or {}).get("metadata", {})))
+        return weight_map
+    for f, h in headers.items():
+        for name in h.tensors:
+            if name in weight_map:
+                raise BadInputError(f"tensor {name!r} appears in both {weight_map[name]} and {f}")
+            weight_map[name] = f
+    return weight_map

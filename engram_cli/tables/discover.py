@@ -52,10 +52,8 @@ def discover(ck: Checkpoint, family: str | NameFamily | None = None) -> Discover
     )
 
 
-def _discover_family(ck: Checkpoint, fam: NameFamily) -> Discovered:
-    names = ck.names()
-    tables: list[TableInfo] = []
-    used: set[str] = set()
+def _match_names(names: list[str], fam: NameFamily) -> dict[tuple[str, int], list[tuple[int, str]]]:
+    """(prefix, layer) -> [(piece index or -1 for a whole table, tensor name)] of a family's tables."""
     weight_res = [template_regex(t) for t in fam.weight]
     split_re = template_regex(fam.split_weight) if fam.split_weight else None
     found: dict[tuple[str, int], list[tuple[int, str]]] = {}
@@ -64,11 +62,17 @@ def _discover_family(ck: Checkpoint, fam: NameFamily) -> Discovered:
             m = rx.match(name)
             if m:
                 found.setdefault((m.group("prefix") if "prefix" in rx.groupindex else "", int(m.group("layer"))), []).append((-1, name))
-        if split_re:
-            m = split_re.match(name)
-            if m:
-                key = (m.group("prefix") if "prefix" in split_re.groupindex else "", int(m.group("layer")))
-                found.setdefault(key, []).append((int(m.group("part")), name))
+        m = split_re.match(name) if split_re else None
+        if m:
+            key = (m.group("prefix") if "prefix" in split_re.groupindex else "", int(m.group("layer")))
+            found.setdefault(key, []).append((int(m.group("part")), name))
+    return found
+
+
+def _discover_family(ck: Checkpoint, fam: NameFamily) -> Discovered:
+    tables: list[TableInfo] = []
+    used: set[str] = set()
+    found = _match_names(ck.names(), fam)
     for (prefix, layer), pieces in sorted(found.items(), key=lambda kv: kv[0][1]):
         whole = [n for p, n in pieces if p < 0]
         parts = sorted((p, n) for p, n in pieces if p >= 0)

@@ -178,6 +178,10 @@ def gguf_fix(path: str | Path, layout: Any | None, out: str | Path, *, dialect: 
                          f"{', '.join(sorted(classes - allowed))} tables, so the table bytes would change",
                          hint=f"convert from the source checkpoint: engram shard convert SRC --to gguf --gguf-dialect {target}")
     by_tensor = {t.layer: t.rows for t in g.tables}
+    bad = [f"blk.{tid}: {by_tensor[tid]} rows, layout {n}" for tid, n in zip(layout.tensor_ids, layout.num_embeddings)
+           if tid in by_tensor and by_tensor[tid] != n] + [f"blk.{t}: not in the layout" for t in sorted(set(by_tensor) - set(layout.tensor_ids))]
+    if bad:  # hash keys that do not fit the tables would load and give wrong row ids
+        raise BadInputError(f"{path.name}: the layout does not fit its tables ({'; '.join(bad[:3])})", hint="pass the layout of this model")
     rows = [int(by_tensor.get(tid, n)) for tid, n in zip(layout.tensor_ids, layout.num_embeddings)]
     kv = engram_kv(layout, target, rows=rows, encoding=D.RAW_ENCODING if classes == {"raw"} else None)
     outs, dropped, renamed = _plan_tensors(g, d)

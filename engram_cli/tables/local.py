@@ -1,172 +1,133 @@
-"""Node-local sparse copies: same shard names and sizes, headers copied verbatim, only one
-rank's rows of each table (weight and scale) written at their original byte offsets (and a
-table's NVFP4 ``weight_scale_2`` scalars whole), plus ``engram-local.json``; every written
-region is compared byte for byte with the source."""
+"""``--to local``: node-local sparse copies, one more output format of the same executor.
+
+Same shard names and sizes as the source, headers copied verbatim, only one rank's rows of
+each table (weight and scale) written at their original byte offsets (and a table's NVFP4
+``weight_scale_2`` scalars whole); the rest are holes that read as zeros. The index and the
+small files beside the shards are copied, and ``engram-local.json`` (schema
+``engram.local/1``) records the rank and its rows per layer. Every written region is compared
+byte for byte with the source before the file is renamed into place.
+"""
 
 from __future__ import annotations
 
-import shutil
-import time
+import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from engram_cli.errors import UsageError, VerificationError
-from engram_cli.fsutil import atomic_path, write_json_atomic
-from engram_cli.progress import ProgressCallback
-from engram_cli.tables.manifest import WrittenFile, WrittenTensor, build_manifest, write_manifest
-from engram_cli.tables.model import Geometry
-from engram_cli.tables.plan import OutFile, OutTensor, ShardPlan, TableSlice, TensorCopy
-from engram_cli.tables.planners import table_ranges
-from engram_cli.tables.rows import DEFAULT_BLOCK_BYTES, RowReader, iter_blocks
-from engram_cli.tables.source import Source
+from engram_cli.fsutil import atomic_path
+from engram_cli.tables.checksums import file_digest
+from engram_cli.tables.manifest import ManifestFile, ManifestTensor, TableRef
+from engram_cli.tables.model import Geometry, TableInfo
+from engram_cli.tables.plan import CopyFile, LocalJson, OutFile, OutTensor, ShardPlan, TableSlice, TensorCopy
+from engram_cli.tables.planners import HF_INDEX, source_side_files, table_ranges
+from engram_cli.tables.rows import RowReader
+from engram_cli.tables.source_info import Source
 
-LOCAL_JSON = "engram-local.json"
+LOCAL_SCHEMA = "engram.local/1"
+SMALL_FILE = 64 * 2**20  # files beside the shards up to this size are copied
 
 
 def plan_local(src: Source, geos: tuple[Geometry, ...], *, policy: str | None, world: int | None, rank: int | None,
                edp: int = 1) -> ShardPlan:
-    if src.checkpoint is None:
+    ck = src.checkpoint
+    if ck is None:
         raise UsageError("--to local needs an HF safetensors checkpoint source")
     if not policy or not world or rank is None:
         raise UsageError("--to local needs --policy, --ranks P and --rank R")
     ranges = table_ranges(policy, geos, src.tables, world, edp)
-    if not 0 <= rank < len(ranges[0][1]):
-        raise UsageError(f"--rank {rank} is outside 0..{len(ranges[0][1]) - 1}")
-    by_file: dict[str, list[OutTensor]] = {f: [] for f in src.checkpoint.files}
+    if not 0 <= rank < len(ranges.layers[0].ranks):
+        raise UsageError(f"--rank {rank} is outside 0..{len(ranges.layers[0].ranks) - 1}")
+    by_file: dict[str, list[OutTensor]] = {f: [] for f in ck.files}
     picked = {}
-    for t, (layer, rr) in zip(src.tables, ranges):
-        r = rr[rank]
-        picked[layer] = r
+    for t, lr in zip(src.tables, ranges.layers):
+        r = lr.ranks[rank]
+        picked[lr.layer] = r
         for part, segs, rb in (("weight", t.weight, t.weight_row_bytes), ("scale", t.scale, t.scale_row_bytes)):
             for seg in segs:
                 pieces = tuple(type(p)(max(p.start, seg.start), min(p.stop, seg.stop), p.head)
-                               for p in r.pieces if p.stop > seg.start and p.start < seg.stop and min(p.stop, seg.stop) > max(p.start, seg.start))
+                               for p in r.pieces if min(p.stop, seg.stop) > max(p.start, seg.start))
                 if pieces:
-                    fname = Path(seg.path).name
                     n = sum(p.rows for p in pieces)
-                    by_file[fname].append(OutTensor(seg.tensor, "U8", (n, rb), TableSlice(layer, pieces, part, t.encoding), rb))
+                    ot = OutTensor(seg.tensor, "U8", (n, rb), TableSlice(lr.layer, pieces, part, t.encoding), rb)
+                    by_file[Path(seg.path).name].append(ot)
         if t.global_scale is not None:  # every rank needs the NVFP4 scalar(s)
             for name in t.source_names:
                 if name.endswith("." + t.global_scale.suffix):
-                    e = src.checkpoint.entry(name)
-                    by_file[src.checkpoint.weight_map[name]].append(OutTensor(name, e.dtype, e.shape, TensorCopy(name), e.nbytes))
-    files = tuple(OutFile(f, "sparse", tuple(ts), info=(("size", src.checkpoint.headers[f].file_size),))
+                    e = ck.entry(name)
+                    by_file[ck.weight_map[name]].append(OutTensor(name, e.dtype, e.shape, TensorCopy(name), e.nbytes))
+    files = tuple(OutFile(f, "sparse", tuple(ts), file_size=ck.headers[f].file_size, head_bytes=ck.headers[f].data_start)
                   for f, ts in by_file.items())
+    copies = [CopyFile(ck.index_path, HF_INDEX)] if ck.index_path is not None else []
+    copies += [CopyFile(p, p.name) for p in source_side_files(src) if p.stat().st_size < SMALL_FILE]
+    doc = {"schema": LOCAL_SCHEMA, "policy": policy, "world": world, "rank": rank,
+           "layers": {str(layer): ([r.start, r.stop] if r.contiguous else [[p.start, p.stop] for p in r.pieces])
+                      for layer, r in picked.items()}}
     return ShardPlan(target="local", source=str(src.path), source_format="hf", tables=src.tables, geometries=geos,
-                     files=files, policy=policy, world=world, edp=edp, family=src.family,
-                     ranges=tuple((l, tuple(rr)) for l, rr in ranges), extra={"rank": rank, "local": picked})
+                     files=files, policy=policy, world=world, edp=edp, family=src.family, ranges=ranges,
+                     copies=tuple(copies), local_json=LocalJson(doc), settings=(("rank", rank),))
 
 
-def execute_local(plan: ShardPlan, src: Source, out_dir: str | Path, *, force: bool = False,
-                  block_bytes: int = DEFAULT_BLOCK_BYTES, progress: ProgressCallback | None = None,
-                  checksum: str = "xxh3"):
-    from engram_cli.tables.execute import ShardResult, prepare_out_dir
-    from engram_cli.tables.verify import file_digest
-
-    from engram_cli.tables.manifest import checksum_algorithm
-
-    algo = checksum_algorithm(checksum)
-    out = Path(out_dir)
-    ck = src.checkpoint
-    planned = {f.name for f in plan.files} | {LOCAL_JSON}
-    if ck.index_path is not None:
-        planned.add(ck.index_path.name)
-    shards = set(ck.files) | ({ck.index_path.name} if ck.index_path else set())
-    small = [p for p in ck.root.iterdir() if p.is_file() and p.name not in shards
-             and p.name != LOCAL_JSON and p.name != "engram-shards.json" and not p.name.startswith(".") and p.stat().st_size < 64 * 2**20]
-    planned |= {p.name for p in small}
-    stale = prepare_out_dir(out, src.path, planned, force)
-    t0 = time.perf_counter()
-    total = sum(sum(t.nbytes for t in f.tensors) for f in plan.files)
-    done = 0
-    written: list[WrittenFile] = []
-    tables = {t.layer_id: t for t in src.tables}
-    with RowReader() as rd, RowReader() as back:
-        for f in plan.files:
-            hd = ck.headers[f.name]
-            with atomic_path(out / f.name) as tmp:
-                wts = []
-                with open(tmp, "r+b" if tmp.exists() else "wb") as fh:
-                    fh.truncate(hd.file_size)  # sparse: unwritten bytes read as zeros
-                    fh.seek(0)
-                    fh.write(rd.read_bytes(str(hd.path), 0, hd.data_start))
-                    for ot in f.tensors:
-                        e = hd.tensors[ot.name]
-                        sl = ot.source
-                        if isinstance(sl, TensorCopy):
-                            fh.seek(e.offset)
-                            fh.write(rd.read_bytes(str(hd.path), e.offset, e.nbytes))
-                            wts.append((ot, e.offset))
-                            continue
-                        first = None
-                        for p in sl.pieces:
-                            for a, b in iter_blocks(p.start, p.stop, max(1, block_bytes // ot.row_bytes)):
-                                off = e.offset + (a - _seg_start(tables[sl.layer], sl.part, ot.name)) * ot.row_bytes
-                                first = off if first is None else first
-                                data = rd.read_bytes(str(hd.path), off, (b - a) * ot.row_bytes)
-                                fh.seek(off)
-                                fh.write(data)
-                                done += b - a
-                                if progress:
-                                    progress(done * ot.row_bytes, total, "writing rows")
-                        wts.append((ot, first))
-                # byte-for-byte check of every written region against the source
-                for ot, first in wts:
-                    e = hd.tensors[ot.name]
-                    if isinstance(ot.source, TensorCopy):
-                        if bytes(rd.read_bytes(str(hd.path), e.offset, e.nbytes)) != bytes(back.read_bytes(str(tmp), e.offset, e.nbytes)):
-                            raise VerificationError(f"{f.name}: tensor {ot.name} differs from the source after writing")
-                        continue
-                    for p in ot.source.pieces:
-                        off = e.offset + (p.start - _seg_start(tables[ot.source.layer], ot.source.part, ot.name)) * ot.row_bytes
-                        for a, b in iter_blocks(0, p.rows * ot.row_bytes, block_bytes):
-                            x = np.frombuffer(rd.read_bytes(str(hd.path), off + a, b - a), np.uint8)
-                            y = np.frombuffer(back.read_bytes(str(tmp), off + a, b - a), np.uint8)
-                            if not np.array_equal(x, y):
-                                raise VerificationError(f"{f.name}: tensor {ot.name} rows differ from the source after writing")
-                back.close()
-                digest = file_digest(tmp, block_bytes, None, algo)
-            tensors = []
-            for ot, _first in wts:
-                e = hd.tensors[ot.name]
-                sl = ot.source
-                if isinstance(sl, TensorCopy):
-                    tensors.append(WrittenTensor(ot.name, e.dtype, e.shape, e.offset, e.nbytes, e.nbytes, None))
-                    continue
-                s0 = _seg_start(tables[sl.layer], sl.part, ot.name)
-                for p in sl.pieces:
-                    tensors.append(WrittenTensor(ot.name, e.dtype, e.shape, e.offset + (p.start - s0) * ot.row_bytes,
-                                                 p.rows * ot.row_bytes, ot.row_bytes,
-                                                 {"layer": sl.layer, "part": sl.part, "dim": tables[sl.layer].dim,
-                                                  "encoding": sl.encoding.to_dict(), "pieces": [[p.start, p.stop, p.head]],
-                                                  "pad_rows": 0, "heads": None, "rows": [p.start, p.stop]}))
-            written.append(WrittenFile(f.name, "sparse", hd.file_size, digest, tuple(tensors), {}, algo))
-    if ck.index_path is not None:
-        with atomic_path(out / ck.index_path.name) as tmp:
-            shutil.copyfile(ck.index_path, tmp)
-    for p in small:
-        with atomic_path(out / p.name) as tmp:
-            shutil.copyfile(p, tmp)
-    picked = plan.extra["local"]
-    local_doc = {"policy": plan.policy, "world": plan.world, "rank": plan.extra["rank"],
-                 "layers": {str(l): ([r.start, r.stop] if r.contiguous else [[p.start, p.stop] for p in r.pieces])
-                            for l, r in picked.items()}}
-    write_json_atomic(out / LOCAL_JSON, local_doc)
-    for n in stale:
-        if (out / n).is_file():
-            (out / n).unlink()
-    doc = build_manifest(plan, written, src.fingerprint(), None)
-    doc["local"] = local_doc
-    doc["options"] = {"rank": plan.extra["rank"]}
-    mpath = write_manifest(out, doc)
-    return ShardResult(plan, out, written, mpath, time.perf_counter() - t0, total, "full", stale)
-
-
-def _seg_start(t, part: str, tensor: str) -> int:
+def _seg_start(t: TableInfo, part: str, tensor: str) -> int:
     for s in (t.weight if part == "weight" else t.scale):
         if s.tensor == tensor:
             return s.start
     return 0
 
 
+def _regions(f: OutFile, src: Source, tables: dict[int, TableInfo]) -> list[tuple[int, int, ManifestTensor]]:
+    """``(offset, nbytes, manifest entry)`` of every byte range the sparse file holds."""
+    hd = src.checkpoint.headers[f.name]
+    out = []
+    for ot in f.tensors:
+        e = hd.tensors[ot.name]
+        sl = ot.source
+        if isinstance(sl, TensorCopy):
+            out.append((e.offset, e.nbytes, ManifestTensor(ot.name, e.dtype, e.shape, e.offset, e.nbytes, e.nbytes, copy=True)))
+            continue
+        t = tables[sl.layer]
+        s0 = _seg_start(t, sl.part, ot.name)
+        for p in sl.pieces:
+            off, n = e.offset + (p.start - s0) * ot.row_bytes, p.rows * ot.row_bytes
+            ref = TableRef(sl.layer, sl.part, t.dim, sl.encoding, (p,))
+            out.append((off, n, ManifestTensor(ot.name, e.dtype, e.shape, off, n, ot.row_bytes, ref)))
+    return out
+
+
+def write_sparse(path: Path, f: OutFile, src: Source, tables: dict[int, TableInfo], reader: RowReader, block_bytes: int,
+                 tick: Callable[[int], None], checksum: str = "xxh3-128") -> ManifestFile:
+    """Write one sparse shard at ``path`` (temporary name, checked, renamed): progress in bytes."""
+    hd = src.checkpoint.headers[f.name]
+    source = str(hd.path)
+    regions = [(0, hd.data_start, None)] + _regions(f, src, tables)
+    buf = memoryview(reader.scratch("sparse", block_bytes))
+    with atomic_path(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, hd.file_size)  # sparse: unwritten bytes read as zeros
+            for off, n, _ in regions:
+                for a in range(0, n, block_bytes):
+                    k = min(block_bytes, n - a)
+                    data = reader.read_bytes(source, off + a, k, buf)
+                    if os.pwrite(fd, data, off + a) != k:
+                        raise OSError("short write")
+                    tick(k)
+        finally:
+            os.close(fd)
+        _compare(tmp, source, f.name, regions, block_bytes)
+        digest = file_digest(tmp, block_bytes, None, checksum)
+    return ManifestFile(f.name, "sparse", hd.file_size, digest, tuple(t for *_, t in regions[1:]), {}, checksum)
+
+
+def _compare(tmp: Path, source: str, name: str, regions: list, block_bytes: int) -> None:
+    """Every written region equals the source, byte for byte."""
+    with RowReader() as a, RowReader() as b:
+        for off, n, t in regions:
+            for x in range(0, n, block_bytes):
+                k = min(block_bytes, n - x)
+                if not np.array_equal(np.frombuffer(a.read_bytes(source, off + x, k), np.uint8),
+                                      np.frombuffer(b.read_bytes(str(tmp), off + x, k), np.uint8)):
+                    what = f"tensor {t.name}" if t is not None else "the header"
+                    raise VerificationError(f"{name}: {what} differs from the source after writing")

@@ -6,15 +6,29 @@ import json
 from pathlib import Path
 
 from engram_cli.errors import BadInputError, UsageError
+from engram_cli.pathguard import safe_join
 from engram_cli.tables.codecs import check_convertible, target_encoding
+from engram_cli.tables.manifest import MANIFEST
 from engram_cli.tables.model import Encoding, Geometry, TableInfo
-from engram_cli.tables.names import (FAMILIES, HEAD_SCALE, HEAD_WEIGHT, PROJ_KEYS, PROJ_WEIGHT, TILE_SCALE_SUFFIXES,
-                                     render)
-from engram_cli.tables.plan import OutFile, OutTensor, ShardPlan, TableSlice, TensorBytes, TensorCopy, TileDequant
-from engram_cli.tables.policies import HEAD_POLICIES, Piece, RankRange, ranks_for
-from engram_cli.tables.source import Source
+from engram_cli.tables.names import FAMILIES, HEAD_SCALE, HEAD_WEIGHT, PROJ_KEYS, PROJ_WEIGHT, TILE_SCALE_SUFFIXES, render
+from engram_cli.tables.plan import (
+    CopyFile,
+    IndexFile,
+    Omitted,
+    OutFile,
+    OutTensor,
+    RewriteFile,
+    ShardPlan,
+    TableSlice,
+    TensorBytes,
+    TensorCopy,
+    TileDequant,
+)
+from engram_cli.tables.policies import HEAD_POLICIES, LayerRanges, Piece, RangeSet, RankRange, ranks_for
+from engram_cli.tables.source_info import Source
 
 HF_INDEX = "model.safetensors.index.json"
+LOCAL_JSON = "engram-local.json"
 
 
 def _enc(t: TableInfo, dtype: str) -> Encoding:
@@ -117,9 +131,9 @@ def _names(source: Source, t: TableInfo) -> tuple[str, str | None]:
 
 def _manifest_names(source: Source, t: TableInfo) -> tuple[str, ...]:
     """Original tensor names of a whole (unsplit) table recorded by an earlier conversion."""
-    for td in (source.manifest or {}).get("tables", []):
-        if int(td["layer"]) == t.layer_id and not td.get("source_parts"):
-            return tuple(td.get("source_names") or ())
+    for mt in source.manifest.tables if source.manifest else ():
+        if mt.layer == t.layer_id and not mt.source_parts:
+            return mt.source_names
     return ()
 
 
@@ -130,11 +144,47 @@ def _need_geos(geos: tuple[Geometry, ...], what: str) -> None:
 
 
 def table_ranges(policy: str, geos: tuple[Geometry, ...], tables: tuple[TableInfo, ...], world: int,
-                 edp: int = 1) -> list[tuple[int, list[RankRange]]]:
+                 edp: int = 1) -> RangeSet:
     if policy in HEAD_POLICIES:
         _need_geos(geos, f"policy {policy}")
-        return [(g.layer_id, ranks_for(policy, g, world, edp=edp)) for g in geos]
-    return [(t.layer_id, ranks_for(policy, Geometry(t.layer_id, (), t.rows), world, edp=edp)) for t in tables]
+        layers = [LayerRanges(g.layer_id, tuple(ranks_for(policy, g, world, edp=edp))) for g in geos]
+    else:
+        layers = [LayerRanges(t.layer_id, tuple(ranks_for(policy, Geometry(t.layer_id, (), t.rows), world, edp=edp)))
+                  for t in tables]
+    return RangeSet(policy, world, edp, tuple(layers))
+
+
+def source_side_files(source: Source) -> list[Path]:
+    """Files beside the shards of an HF source (config, tokenizer, ...): neither a shard, nor
+    the index, nor a manifest or a hidden file. A link leaving the folder is refused (exit 3)."""
+    ck = source.checkpoint
+    if ck is None:
+        return []
+    out = []
+    for p in sorted(ck.root.iterdir()):
+        if p.name in ck.headers or p.name in (HF_INDEX, MANIFEST, LOCAL_JSON) or p.name.startswith("."):
+            continue
+        safe_join(ck.root, p.name, f"source file {p.name}")
+        if p.is_file():
+            out.append(p)
+    return out
+
+
+def omitted(source: Source, plan: ShardPlan) -> Omitted:
+    """What of the source the plan does not write: other tensors and files, and what the
+    source itself recorded as omitted (an output of an output keeps the whole account)."""
+    written = {t.name for f in plan.files for t in f.tensors}
+    written |= {t.source.scale for f in plan.files for t in f.tensors if isinstance(t.source, TileDequant)}
+    kept = set(plan.side_names())
+    m = source.manifest
+    tensors, files = (list(m.omitted.tensors), list(m.omitted.files)) if m and m.omitted else ([], [])
+    if source.checkpoint is not None:
+        tensors += [n for n in source.checkpoint.names() if n not in source.table_tensors and n not in written]
+        files += [p.name for p in source_side_files(source) if p.name not in kept]
+    elif m is not None:
+        tensors += [t.name for f in m.files for t in f.tensors if t.copy and t.name not in written]
+        files += [s.name for s in m.side_files if s.role in ("copy", "rewrite") and s.name not in kept]
+    return Omitted(tuple(dict.fromkeys(tensors)), tuple(dict.fromkeys(files)))
 
 
 def _base(source: Source, target: str, geos, files, dtype, **kw) -> ShardPlan:
@@ -220,30 +270,28 @@ def plan_hf(source: Source, geos: tuple[Geometry, ...], *, dtype: str = "keep", 
     groups = greedy_shards([t.nbytes for t in tensors], max_shard_size)
     names = hf_shard_names(len(groups))
     files = [OutFile(n, "safetensors", tuple(tensors[i] for i in g), (("format", "pt"),)) for n, g in zip(names, groups)]
-    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)},
-             "weight_map": {t.name: f.name for f in files for t in f.tensors}}
+    index = None
+    if len(files) > 1:  # one shard: model.safetensors alone, like huggingface_hub and transformers
+        index = IndexFile({"metadata": {"total_size": sum(t.nbytes for t in tensors)},
+                           "weight_map": {t.name: f.name for f in files for t in f.tensors}}, HF_INDEX)
     copies, rewrites = [], []
-    if source.checkpoint is not None and not engram_only:
-        root = source.checkpoint.root
-        for p in sorted(root.iterdir()):
-            if p.is_file() and p.name not in source.checkpoint.headers and p.name != HF_INDEX \
-                    and not p.name.startswith(".") and p.name != "engram-shards.json":
-                if p.name == "config.json" and split_parts:
-                    rewrites.append((str(p), p.name, _rewrite_split_parts(p, split_parts)))
-                else:
-                    copies.append((str(p), p.name))
+    for p in source_side_files(source) if not engram_only else []:
+        if p.name == "config.json" and split_parts:
+            rewrites.append(RewriteFile(p, p.name, _rewrite_split_parts(p, split_parts)))
+        else:
+            copies.append(CopyFile(p, p.name))
     return _base(source, "hf", geos, files, dtype, index=index, copies=tuple(copies), rewrites=tuple(rewrites),
-                 extra={"max_shard_size": max_shard_size, "split_parts": split_parts,
-                        "with_projections": with_projections})
+                 split_parts=split_parts, settings=(("max_shard_size", max_shard_size), ("split_parts", split_parts),
+                                                    ("with_projections", with_projections)))
 
 
 def _source_parts(source: Source, t: TableInfo) -> int | None:
     """How many shard_i pieces the original checkpoint used (None: one whole tensor)."""
     if source.format == "hf":
         return len(t.weight) if len(t.weight) > 1 else None
-    for td in (source.manifest or {}).get("tables", []):
-        if int(td["layer"]) == t.layer_id:
-            return td.get("source_parts")
+    for mt in source.manifest.tables if source.manifest else ():
+        if mt.layer == t.layer_id:
+            return mt.source_parts
     return None
 
 
@@ -264,13 +312,13 @@ def rank_file_name(r: RankRange, world: int, edp: int, ext: str = "safetensors")
 def plan_ranks(source: Source, geos: tuple[Geometry, ...], *, policy: str, world: int, edp: int = 1,
                dtype: str = "keep") -> ShardPlan:
     ranges = table_ranges(policy, geos, source.tables, world, edp)
-    n_files = len(ranges[0][1])
+    n_files = len(ranges.layers[0].ranks)
     files = []
     for k in range(n_files):
         tensors: list[OutTensor] = []
         info: dict = {}
-        for t, (layer, rr) in zip(source.tables, ranges):
-            r = rr[k]
+        for t, lr in zip(source.tables, ranges.layers):
+            r, layer = lr.ranks[k], lr.layer
             enc = _enc(t, dtype)
             if policy == "megatron-ep":
                 for p in r.pieces:
@@ -282,13 +330,12 @@ def plan_ranks(source: Source, geos: tuple[Geometry, ...], *, policy: str, world
                 w, s = _names(source, t)
                 tensors += split_tensors(t, enc, r.pieces, r.pad_rows, w, s, r.heads) + global_scale_tensor(t, _gs_name(t, w))
             info[str(layer)] = r.to_dict()
-        r0 = ranges[0][1][k]
+        r0 = ranges.layers[0].ranks[k]
         meta = (("format", "pt"), ("engram.policy", policy), ("engram.rank", str(r0.rank)),
                 ("engram.world", str(world * edp)), ("engram.ranges", json.dumps(info, separators=(",", ":"))))
         files.append(OutFile(rank_file_name(r0, world, edp), "safetensors", tuple(tensors), meta,
                              (("rank", r0.rank), ("layers", info))))
-    return _base(source, "ranks", geos, files, dtype, policy=policy, world=world, edp=edp,
-                 ranges=tuple((l, tuple(rr)) for l, rr in ranges))
+    return _base(source, "ranks", geos, files, dtype, policy=policy, world=world, edp=edp, ranges=ranges)
 
 
 # ---------------------------------------------------------------- heads
@@ -317,7 +364,7 @@ def plan_heads(source: Source, geos: tuple[Geometry, ...], *, dtype: str = "keep
                 meta = (("format", "pt"), ("engram.layer", str(t.layer_id)), ("engram.head", str(h)),
                         ("engram.rows", f"{p.start}:{p.stop}"))
                 files.append(OutFile(f"engram-l{t.layer_id}-h{hs}.safetensors", "safetensors", tuple(ts), meta, info))
-    return _base(source, "heads", geos, files, dtype, extra={"head_format": head_format})
+    return _base(source, "heads", geos, files, dtype, settings=(("head_format", head_format),))
 
 
 # ---------------------------------------------------------------- packed
@@ -327,10 +374,11 @@ def plan_packed(source: Source, geos: tuple[Geometry, ...], *, packing: str = "r
         raise UsageError(f"unknown --packing {packing!r}", hint="rows (256 e4m3 bytes then 8 e8m0 bytes per row) or split (weights then scales)")
     if (policy is None) != (world is None):
         raise UsageError("--policy and --ranks go together")
-    ranges = table_ranges(policy, geos, source.tables, world, edp) if policy else \
-        [(t.layer_id, [RankRange(0, (Piece(0, t.rows),))]) for t in source.tables]
+    ranges = table_ranges(policy, geos, source.tables, world, edp) if policy else None
+    per_layer = [(lr.layer, lr.ranks) for lr in ranges.layers] if ranges else \
+        [(t.layer_id, (RankRange(0, (Piece(0, t.rows),)),)) for t in source.tables]
     files = []
-    for t, (layer, rr) in zip(source.tables, ranges):
+    for t, (layer, rr) in zip(source.tables, per_layer):
         enc = _enc(t, dtype)
         wb, sb = enc.weight_row_bytes(t.dim), enc.scale_row_bytes(t.dim)
         for r in rr:
@@ -348,5 +396,5 @@ def plan_packed(source: Source, geos: tuple[Geometry, ...], *, packing: str = "r
                 if sb:
                     ts.append(OutTensor(f"l{layer}.scale", "U8", (rows, sb), TableSlice(layer, r.pieces, "scale", enc, r.pad_rows, r.heads), sb))
                 files.append(OutFile(f"{base}.ws.bin", "raw", tuple(ts), (), info))
-    return _base(source, "packed", geos, files, dtype, policy=policy, world=world, edp=edp,
-                 ranges=tuple((l, tuple(rr)) for l, rr in ranges) if policy else (), extra={"packing": packing})
+    return _base(source, "packed", geos, files, dtype, policy=policy, world=world, edp=edp, ranges=ranges,
+                 settings=(("packing", packing),))

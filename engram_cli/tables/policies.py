@@ -9,19 +9,24 @@
 - ``megatron-ep``: every head table split separately: ``base = R//P``, ``rem = R%P``,
   ``start = r*base + min(r, rem)``, ``count = base + (r < rem)`` (Megatron EP).
 
-Padding rows after the last head (Qwen4-Exp pads the table to a divisor) go to the last rank
-under head-based policies, so every policy covers every row exactly once.
+Padding rows after the last head (Qwen4-Exp pads the table to a divisor) follow each engine's
+rule (:data:`PADDING`, formats.md 7.2): vLLM's last head shard ends at the sum of primes and
+Megatron drops them (no hash id reaches them); the row-based policies keep them, as the
+reference does. Every policy covers every row below the sum of primes exactly once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from engram_cli.errors import UsageError
 from engram_cli.tables.model import Geometry
 
 POLICIES = ("vllm-head", "sglang-floor", "ref-ceil", "megatron-ep")
 HEAD_POLICIES = ("vllm-head", "megatron-ep")
+#: What each policy's engine does with rows beyond the sum of primes (recorded in the manifest).
+PADDING = {"vllm-head": "dropped", "megatron-ep": "dropped", "sglang-floor": "kept", "ref-ceil": "kept"}
+MAX_RANKS = 65_536
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,8 @@ def ranks_for(policy: str, geo: Geometry, world: int, *, edp: int = 1) -> list[R
     """Row ranges of every rank of one table under ``policy``."""
     if world < 1 or edp < 1:
         raise UsageError("--ranks and --edp must be at least 1")
+    if world * edp > MAX_RANKS:
+        raise UsageError(f"--ranks {world} x --edp {edp} is more than {MAX_RANKS:,} ranks", hint="a sanity limit; no engine shards that wide")
     if edp != 1 and policy != "vllm-head":
         raise UsageError("--edp applies to the vllm-head policy only")
     n = geo.rows
@@ -112,7 +119,7 @@ def ranks_for(policy: str, geo: Geometry, world: int, *, edp: int = 1) -> list[R
                 r = tp * edp + dp
                 h0, h1 = r * part, min(c, (r + 1) * part)
                 a = offs[h0]
-                b = offs[h1] if h1 < c else n
+                b = offs[h1] if h1 < c else end_of_heads  # padding rows dropped (vLLM)
                 out.append(RankRange(r, (Piece(a, b),), heads=(h0, h1),
                                      tp_rank=tp if edp > 1 else None, edp_rank=dp if edp > 1 else None))
         return out
@@ -125,15 +132,40 @@ def ranks_for(policy: str, geo: Geometry, world: int, *, edp: int = 1) -> list[R
                 s = r * base + min(r, rem)
                 cnt = base + (1 if r < rem else 0)
                 pieces.append(Piece(o + s, o + s + cnt, h))
-            if r == world - 1 and n > end_of_heads:
-                pieces.append(Piece(end_of_heads, n, None))
-            out.append(RankRange(r, tuple(pieces)))
+            out.append(RankRange(r, tuple(pieces)))  # padding rows dropped (Megatron)
         return out
     raise UsageError(f"unknown policy {policy!r}", hint="choose one of " + ", ".join(POLICIES))
 
 
 @dataclass(frozen=True)
-class TablePlanRanges:
-    layer_id: int
-    rows: int
-    ranks: tuple[RankRange, ...] = field(default_factory=tuple)
+class LayerRanges:
+    """The rank ranges of one table."""
+
+    layer: int
+    ranks: tuple[RankRange, ...]
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "ranks": [r.to_dict() for r in self.ranks]}
+
+
+@dataclass(frozen=True)
+class RangeSet:
+    """Row ranges of every rank of every table under one policy (what ``shard ranges`` prints)."""
+
+    policy: str
+    world: int
+    edp: int
+    layers: tuple[LayerRanges, ...]
+    source: str = ""  # where the geometry came from, for printing
+
+    def to_list(self) -> list[dict]:
+        return [lr.to_dict() for lr in self.layers]
+
+
+def layout_ranges(layout, policy: str, world: int, edp: int = 1, source: str = "") -> RangeSet:
+    """Ranges of every table of a layout (row counts from its ``num_embeddings``), no checkpoint needed."""
+    layers = []
+    for i, lid in enumerate(layout.tensor_ids):  # tables are named by the tensor index (layers.{i})
+        g = Geometry(int(lid), tuple(int(p) for p in layout.primes[i]), int(layout.num_embeddings[i]))
+        layers.append(LayerRanges(int(lid), tuple(ranks_for(policy, g, world, edp=edp))))
+    return RangeSet(policy, world, edp, tuple(layers), source)

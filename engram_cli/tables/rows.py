@@ -17,8 +17,7 @@ import numpy as np
 
 from engram_cli.errors import BadInputError
 from engram_cli.tables.model import Segment, TableInfo
-
-DEFAULT_BLOCK_BYTES = 64 * 2**20
+from engram_cli.tables.units import DEFAULT_BLOCK_BYTES
 
 
 def block_rows_for(row_bytes: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
@@ -41,7 +40,7 @@ class Lease:
 
     __slots__ = ("pool", "array", "_released")
 
-    def __init__(self, pool: "BufferPool | None", array: np.ndarray) -> None:
+    def __init__(self, pool: BufferPool | None, array: np.ndarray) -> None:
         self.pool = pool
         self.array = array
         self._released = False
@@ -119,7 +118,7 @@ class RowReader:
     def fd(self, path: str) -> int:
         return self._fd(path)
 
-    def __enter__(self) -> "RowReader":
+    def __enter__(self) -> RowReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -3,55 +3,17 @@ manifest), or a GGUF file with raw 264-byte rows. Sources are only ever read."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
-import xxhash
-
 from engram_cli.errors import BadInputError, UsageError
-from engram_cli.tables.checkpoint import Checkpoint, is_hf_checkpoint, open_checkpoint
+from engram_cli.tables.checkpoint import is_hf_checkpoint, open_checkpoint
 from engram_cli.tables.discover import discover
-from engram_cli.tables.model import Encoding, GlobalScale, Geometry, Segment, TableInfo
+from engram_cli.tables.manifest import MANIFEST, Manifest
+from engram_cli.tables.model import Geometry, Segment, TableInfo
 from engram_cli.tables.names import custom_family
+from engram_cli.tables.source_info import Source
 
-MANIFEST = "engram-shards.json"
 SOURCE_FORMATS = ("auto", "hf", "engram", "gguf")
-
-
-@dataclass(frozen=True)
-class Source:
-    path: Path
-    format: str  # hf | engram | gguf
-    tables: tuple[TableInfo, ...]
-    family: str
-    checkpoint: Checkpoint | None = None
-    table_tensors: frozenset[str] = frozenset()
-    manifest: dict | None = None
-    geometries: tuple[Geometry, ...] = ()  # known without a layout (manifest, GGUF keys)
-    gguf_layout: dict | None = None
-
-    def fingerprint(self) -> dict:
-        """Cheap identity of the source: file names, sizes and headers hashed (xxh3-128)."""
-        h = xxhash.xxh3_128()
-        files: list[Path] = []
-        if self.checkpoint is not None:
-            files = [self.checkpoint.root / f for f in self.checkpoint.files]
-            for f in self.checkpoint.files:
-                hd = self.checkpoint.headers[f]
-                h.update(f.encode())
-                h.update(str(hd.file_size).encode())
-                with open(hd.path, "rb") as fh:
-                    h.update(fh.read(hd.data_start))
-        else:
-            files = sorted({Path(s.path) for t in self.tables for s in t.weight + t.scale})
-            for p in files:
-                h.update(p.name.encode())
-                h.update(str(p.stat().st_size).encode())
-            if self.manifest:
-                h.update(json.dumps(self.manifest.get("files", []), sort_keys=True).encode())
-        return {"path": str(self.path), "format": self.format, "files": len(files),
-                "bytes": sum(p.stat().st_size for p in files), "xxh3_128": h.hexdigest()}
 
 
 def detect_format(path: Path) -> str:
@@ -83,6 +45,9 @@ def open_source(path: str | Path, fmt: str = "auto", *, family: str | None = Non
         return Source(path, "hf", found.tables, found.family.name, ck, found.table_tensors)
     if fmt == "engram":
         return open_engram_output(path)
+    if path.is_dir() and len(list(path.glob("*.gguf"))) != 1:
+        n = len(list(path.glob("*.gguf")))
+        raise BadInputError(f"--from gguf: {path} holds {n} .gguf files, expected one", hint="pass the .gguf file itself")
     from engram_cli.tables.gguf_io import open_gguf_source
 
     return open_gguf_source(path)
@@ -90,52 +55,70 @@ def open_source(path: str | Path, fmt: str = "auto", *, family: str | None = Non
 
 def open_engram_output(path: Path) -> Source:
     """Tables described by an ``engram-shards.json`` manifest (rows may sit in many files)."""
-    mpath = path / MANIFEST
-    try:
-        man = json.loads(mpath.read_text(encoding="utf-8"))
-        tables_doc = man["tables"]
-        files_doc = man["files"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        raise BadInputError(f"{mpath}: corrupt manifest") from None
-    if man.get("target") == "local":
+    man = Manifest.load(path)
+    if man.target == "local":
         raise BadInputError(f"{path} is a node-local sparse copy; use its files as an hf checkpoint with --from hf")
     segs: dict[tuple[int, str], list[Segment]] = {}
-    for f in files_doc:
-        fpath = str(path / f["name"])
+    by_layer = {mt.layer: mt for mt in man.tables}
+    for f in man.files:
+        fpath = str(path / f.name)
         if not Path(fpath).is_file():
-            raise BadInputError(f"{path}: file {f['name']} listed in the manifest is missing")
-        for t in f.get("tensors", []):
-            if t.get("layer") is None:
+            raise BadInputError(f"{path}: file {f.name} listed in the manifest is missing")
+        size = Path(fpath).stat().st_size
+        for t in f.tensors:
+            if t.table is None:
                 continue
-            layer, part = int(t["layer"]), t["part"]
-            enc = Encoding.from_dict(t["encoding"])
-            dim = int(t["dim"])
-            wb, sb = enc.weight_row_bytes(dim), enc.scale_row_bytes(dim)
-            stride = int(t["row_bytes"])
-            off = int(t["offset"])
-            for a, b, *_ in t["pieces"]:
-                if part == "weight":
-                    segs.setdefault((layer, "weight"), []).append(Segment(fpath, a, b, off, stride, 0, t["name"]))
-                elif part == "scale":
-                    segs.setdefault((layer, "scale"), []).append(Segment(fpath, a, b, off, stride, 0, t["name"]))
-                elif part == "rows":
-                    segs.setdefault((layer, "weight"), []).append(Segment(fpath, a, b, off, stride, 0, t["name"]))
-                    if sb:
-                        segs.setdefault((layer, "scale"), []).append(Segment(fpath, a, b, off, stride, wb, t["name"]))
-                off += (b - a) * stride
+            tr = t.table
+            _check_tensor(f.name, t, by_layer.get(tr.layer))
+            wb = tr.encoding.weight_row_bytes(tr.dim)
+            sb = tr.encoding.scale_row_bytes(tr.dim)
+            off = t.offset
+            if t.offset + sum(p.rows for p in tr.pieces) * t.row_bytes > size:
+                raise BadInputError(f"{path}: {f.name} is truncated: tensor {t.name} ends past its end ({size} bytes)",
+                                    hint="re-run the conversion, or the manifest belongs to another output")
+            for p in tr.pieces:
+                seg = Segment(fpath, p.start, p.stop, off, t.row_bytes, 0, t.name)
+                if tr.part in ("weight", "rows"):
+                    segs.setdefault((tr.layer, "weight"), []).append(seg)
+                if tr.part == "scale":
+                    segs.setdefault((tr.layer, "scale"), []).append(seg)
+                elif tr.part == "rows" and sb:
+                    segs.setdefault((tr.layer, "scale"), []).append(Segment(fpath, p.start, p.stop, off, t.row_bytes, wb, t.name))
+                off += p.rows * t.row_bytes
     tables, geos = [], []
-    for td in tables_doc:
-        layer = int(td["layer"])
-        enc = Encoding.from_dict(td["output_encoding"])
-        t = TableInfo(layer, int(td["rows"]), int(td["dim"]), enc,
-                      _cover(path, layer, "weight", segs.get((layer, "weight"), []), int(td["rows"])),
-                      _cover(path, layer, "scale", segs.get((layer, "scale"), []), int(td["rows"])) if enc.scale_dtype else (),
-                      td.get("family", "deepseek-v4.1"), td.get("prefix", ""), (),
-                      GlobalScale.from_dict(td["global_scale"]) if td.get("global_scale") else None)
+    for mt in man.tables:
+        enc = mt.output_encoding
+        t = TableInfo(mt.layer, mt.rows, mt.dim, enc, _cover(path, mt.layer, "weight", segs.get((mt.layer, "weight"), []), mt.rows),
+                      _cover(path, mt.layer, "scale", segs.get((mt.layer, "scale"), []), mt.rows) if enc.scale_dtype else (),
+                      mt.family, mt.prefix, (), mt.global_scale)
         tables.append(t)
-        if td.get("head_sizes"):
-            geos.append(Geometry(layer, tuple(td["head_sizes"]), int(td["rows"])))
-    return Source(path, "engram", tuple(tables), man.get("family", "deepseek-v4.1"), None, frozenset(), man, tuple(geos))
+        if mt.head_sizes:
+            geos.append(Geometry(mt.layer, tuple(mt.head_sizes), mt.rows))
+    if not tables:
+        raise BadInputError(f"{path}: the manifest lists no table")
+    ck, held = None, frozenset()
+    if man.target == "hf":  # an HF output: its other tensors and files carry through further conversions
+        ck = open_checkpoint(path)
+        held = frozenset(t.name for f in man.files for t in f.tensors if t.table is not None or not (t.copy or t.dequant))
+    return Source(path, "engram", tuple(tables), man.family, ck, held, man, tuple(geos))
+
+
+def _check_tensor(fname: str, t, mt) -> None:
+    """A table tensor of a manifest agrees with its table: known layer, same encoding and
+    width, rows inside the table, and the row stride its part needs."""
+    tr = t.table
+    where = f"{MANIFEST}: {fname}: tensor {t.name!r}"
+    if mt is None:
+        raise BadInputError(f"{where} holds layer {tr.layer}, which the manifest's tables do not list")
+    if tr.encoding != mt.output_encoding or tr.dim != mt.dim or tr.dim < 1:
+        raise BadInputError(f"{where} is {tr.encoding.name}[*, {tr.dim}], its table {mt.output_encoding.name}[*, {mt.dim}]")
+    wb, sb = tr.encoding.weight_row_bytes(tr.dim), tr.encoding.scale_row_bytes(tr.dim)
+    want = {"weight": wb, "scale": sb, "rows": wb + sb}.get(tr.part)
+    if want is None or t.row_bytes != want:
+        raise BadInputError(f"{where}: part {tr.part!r} with rows of {t.row_bytes} bytes cannot be read back"
+                            + (f" (expected {want})" if want is not None else " (lossy)"))
+    if any(p.stop > mt.rows for p in tr.pieces):
+        raise BadInputError(f"{where} lists rows past the {mt.rows} rows of layer {tr.layer}")
 
 
 def _cover(root: Path, layer: int, part: str, segs: list[Segment], rows: int) -> tuple[Segment, ...]:

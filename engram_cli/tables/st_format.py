@@ -63,7 +63,7 @@ class SafetensorsHeader:
 
 
 def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
-    """Parse and validate a safetensors header; errors name the file and the tensor."""
+    """Parse and validate a safetensors header; errors name the file and the tensor (exit 3)."""
     path = Path(path)
     name = path.name
     try:
@@ -80,36 +80,77 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
             raw = fh.read(n)
     except OSError as exc:
         raise BadInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return parse_header(raw, size, name, path)
+
+
+def _pairs(pairs: list[tuple[str, object]]) -> dict:
+    """``object_pairs_hook`` that refuses a key given twice (``json`` would keep the last)."""
+    seen: dict = {}
+    for k, v in pairs:
+        if k in seen:
+            raise _Duplicate(k)
+        seen[k] = v
+    return seen
+
+
+class _Duplicate(ValueError):
+    pass
+
+
+def _entry(name: str, tname: str, info: object, data_start: int) -> TensorEntry:
+    """One header entry, strictly typed: dtype a known string, shape a list of non-negative
+    integers, data_offsets two integers ``begin <= end`` spanning exactly the tensor."""
+    if not isinstance(info, dict):
+        raise BadInputError(f"{name}: malformed header entry for tensor {tname!r}")
+    dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZE:
+        raise BadInputError(f"{name}: tensor {tname!r} has unsupported dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
+        raise BadInputError(f"{name}: tensor {tname!r} has shape {shape!r}, expected a list of non-negative integers")
+    if not isinstance(offs, list) or len(offs) != 2 or not all(type(x) is int and x >= 0 for x in offs) or offs[0] > offs[1]:
+        raise BadInputError(f"{name}: tensor {tname!r} has data_offsets {offs!r}, expected [begin, end] with begin <= end")
+    begin, end = offs
+    expect = math.prod(shape) * DTYPE_SIZE[dtype]
+    if end - begin != expect:
+        raise BadInputError(f"{name}: tensor {tname!r} spans {end - begin} bytes but {dtype}{list(shape)} needs {expect}")
+    return TensorEntry(tname, dtype, tuple(shape), data_start + begin, expect)
+
+
+def parse_header(raw: bytes, size: int, name: str = "<header>", path: Path | None = None) -> SafetensorsHeader:
+    """Validate the JSON header of a ``size``-byte safetensors file (the one place that does).
+
+    Beyond the types: no tensor name twice, ``__metadata__`` a map of strings, and the
+    tensors' byte ranges covering the data exactly (from 0, no gap, no overlap, ending at the
+    end of the file), as the safetensors library requires."""
+    n = len(raw)
     try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_pairs)
+    except _Duplicate as dup:
+        raise BadInputError(f"{name}: corrupt safetensors header: key {str(dup)!r} appears twice") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise BadInputError(f"{name}: corrupt safetensors header (not JSON)") from None
     if not isinstance(doc, dict):
         raise BadInputError(f"{name}: corrupt safetensors header (not an object)")
     metadata = doc.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise BadInputError(f"{name}: __metadata__ must be an object of strings")
     data_start = 8 + n
-    tensors: dict[str, TensorEntry] = {}
-    for tname, info in doc.items():
-        try:
-            dtype = str(info["dtype"])
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = (int(x) for x in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise BadInputError(f"{name}: malformed header entry for tensor {tname!r}") from None
-        if dtype not in DTYPE_SIZE:
-            raise BadInputError(f"{name}: tensor {tname!r} has unsupported dtype {dtype}")
-        expect = math.prod(shape) * DTYPE_SIZE[dtype]
-        if end - begin != expect or begin < 0:
-            raise BadInputError(
-                f"{name}: tensor {tname!r} spans {end - begin} bytes but {dtype}{list(shape)} needs {expect}"
-            )
-        if data_start + end > size:
-            raise BadInputError(
-                f"{name}: truncated: tensor {tname!r} ends at byte {data_start + end} but the file has {size}",
-                hint="re-download or re-copy this shard",
-            )
-        tensors[tname] = TensorEntry(tname, dtype, shape, data_start + begin, expect)
-    return SafetensorsHeader(path, n, tensors, dict(metadata), size)
+    tensors = {t: _entry(name, t, info, data_start) for t, info in doc.items()}
+    pos = 0
+    for e in sorted(tensors.values(), key=lambda e: (e.offset, e.nbytes)):
+        rel = e.offset - data_start
+        if rel < pos:
+            raise BadInputError(f"{name}: tensor {e.name!r} overlaps another tensor (data_offsets from {rel}, previous end {pos})")
+        if rel > pos:
+            raise BadInputError(f"{name}: {rel - pos} bytes before tensor {e.name!r} belong to no tensor")
+        pos = rel + e.nbytes
+    if data_start + pos > size:
+        last = max(tensors.values(), key=lambda e: e.offset + e.nbytes).name
+        raise BadInputError(f"{name}: truncated: tensor {last!r} ends at byte {data_start + pos} but the file has {size}",
+                            hint="re-download or re-copy this shard")
+    if data_start + pos < size:
+        raise BadInputError(f"{name}: {size - data_start - pos} bytes after the last tensor belong to no tensor")
+    return SafetensorsHeader(path or Path(name), n, tensors, dict(metadata), size)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import re
 
 from engram_cli.errors import UsageError
 
+DEFAULT_BLOCK_BYTES = 64 * 2**20  # rows are streamed in blocks of this many bytes (--block-size)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 
 
@@ -27,10 +28,7 @@ def parse_size(text: str | int) -> int:
 
 
 def format_bytes(n: float) -> str:
-    """Human size with binary units (GiB), for display only."""
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} TiB"  # pragma: no cover
+    """Human size in decimal units (1 kB = 1000 bytes, like ``--max-shard-size``), for display only."""
+    from rich.filesize import decimal
+
+    return decimal(int(n))

@@ -42,7 +42,7 @@ def test_round_trip_bit_exact(src, tmp_path, args):
     r = run("convert", root, "-o", tmp_path / "a", *args, "--verify", "full", "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
-    assert doc["schema"] == "engram.shard/1" and doc["files"]
+    assert doc["schema"] == "engram.shard.convert/1" and doc["files"]
     assert (tmp_path / "a" / "engram-shards.json").is_file()
     r = run("verify", tmp_path / "a", "--source", root)
     assert r.exit_code == 0, r.output
@@ -147,9 +147,11 @@ def test_gguf_fix_adds_missing_keys(src, tmp_path):
 
     root, lay, _ = src
     old = tmp_path / "old.gguf"
+    rows = lay.num_embeddings[0]  # the layout must fit the table (a 4-row table is refused: issue 14 item 11)
+    table = (np.arange(264 * rows) % 251 - 125).astype(np.int8).reshape(rows, 264)
     w = gguf.GGUFWriter(str(old), "deepseek41")
     w.add_uint32("deepseek41.engram.head_count", 8)
-    w.add_tensor("blk.1.engram_embd.weight", np.arange(264 * 4, dtype=np.int8).reshape(4, 264))
+    w.add_tensor("blk.1.engram_embd.weight", table)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -160,7 +162,7 @@ def test_gguf_fix_adds_missing_keys(src, tmp_path):
     assert "primes" in doc["added_keys"] and "head_count" not in doc["added_keys"]
     rd = gguf.GGUFReader(str(tmp_path / "new.gguf"))
     assert rd.fields["deepseek41.engram.primes"].types[-1] == gguf.GGUFValueType.UINT64
-    assert np.array_equal(rd.tensors[0].data, np.arange(264 * 4, dtype=np.int8).reshape(4, 264))
+    assert np.array_equal(rd.tensors[0].data, table)
 
 
 def test_local_sparse_copy(src, tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.tables_helpers import WKV_SHAPE, make_v41_checkpoint, read_tables, wkv_reference, run_shard
+from tests.tables_helpers import WKV_SHAPE, make_v41_checkpoint, read_tables, run_shard, wkv_reference
 
 run = run_shard
 

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from engram_cli.tables import codecs
-from engram_cli.tables.codecs import (codec_threads, convert, convert_scales, decode, decode_reference, dequant_tiles,
-                                      e4m3_e8m0_lut, encode)
+from engram_cli.tables.codecs import codec_threads, convert, convert_scales, decode, decode_reference, dequant_tiles, e4m3_e8m0_lut, encode
 from engram_cli.tables.model import Encoding
 
 FP8 = Encoding("F8_E4M3", "F8_E8M0", 32)
@@ -116,7 +115,7 @@ def test_codec_threads_restores():
 
 
 def test_writer_thread_error_reaches_the_caller():
-    from engram_cli.tables.execute import _Sink
+    from engram_cli.tables.writer import Sink as _Sink
 
     class Broken(io.RawIOBase):
         def writable(self):

@@ -23,7 +23,7 @@ from tables_helpers import make_v41_checkpoint  # noqa: E402
 
 from engram_cli.cli.app import app  # noqa: E402
 from engram_cli.errors import BadInputError  # noqa: E402
-from engram_cli.tables import execute as ex  # noqa: E402
+from engram_cli.tables import writer as ex  # noqa: E402
 from engram_cli.tables.rows import BufferPool  # noqa: E402
 
 
@@ -79,7 +79,7 @@ class SlowFile(io.RawIOBase):
 def test_leased_buffer_is_never_reused_before_it_is_written():
     pool = BufferPool(4096, 2)  # fewer buffers than the queue can hold: the producer must wait
     f = SlowFile()
-    sink = ex._Sink(f, lambda n: None, "xxh3-128", True, pool)
+    sink = ex.Sink(f, lambda n: None, "xxh3-128", True, pool)
     sink.WRITE_SLICE = 512  # several slow writes per block
     want = bytearray()
     for i in range(40):
@@ -103,7 +103,7 @@ def test_writer_error_gives_buffers_back():
             raise OSError(28, "No space left on device")
 
     pool = BufferPool(1024, 2)
-    sink = ex._Sink(Broken(), lambda n: None, "xxh3-128", True, pool)
+    sink = ex.Sink(Broken(), lambda n: None, "xxh3-128", True, pool)
     with pytest.raises(OSError, match="No space"):
         for _ in range(20):  # would block forever if the failed writer kept the buffers
             lease = sink.lease(1024)
@@ -123,7 +123,7 @@ def _copy_through_sink(tmp_path, data: bytes, threaded: bool = True):
     fd = os.open(src, os.O_RDONLY)
     try:
         with open(out, "wb", buffering=0) as fh:
-            sink = ex._Sink(fh, lambda n: None, "sha256", threaded, BufferPool(1 << 16, 3))
+            sink = ex.Sink(fh, lambda n: None, "sha256", threaded, BufferPool(1 << 16, 3))
             sink.put(b"HEAD")
             sink.copy(fd, 5, len(data) - 5)
             sink.put(b"TAIL")
@@ -149,7 +149,7 @@ def test_copy_uses_copy_file_range(tmp_path, monkeypatch, threaded):
         return real(*a)
 
     monkeypatch.setattr(ex, "_copy_file_range", spy)
-    monkeypatch.setattr(ex._Sink, "COPY_WINDOW", 1 << 16)
+    monkeypatch.setattr(ex.Sink, "COPY_WINDOW", 1 << 16)
     data = np.random.default_rng(1).integers(0, 256, 300_001, dtype=np.uint8).tobytes()
     sink = _copy_through_sink(tmp_path, data, threaded)
     assert calls and sink.use_copy_file_range
@@ -206,7 +206,7 @@ def test_copy_past_end_of_source_is_bad_input(tmp_path):
     fd = os.open(src, os.O_RDONLY)
     try:
         with open(tmp_path / "o.bin", "wb", buffering=0) as fh:
-            sink = ex._Sink(fh, lambda n: None)
+            sink = ex.Sink(fh, lambda n: None)
             with pytest.raises(BadInputError):
                 sink.copy(fd, 500, 1000)
             sink.close(raise_error=False)
@@ -240,7 +240,7 @@ def test_copy_file_range_and_fallback_give_identical_outputs(ckpt, tmp_path, mon
     monkeypatch.setattr(ex, "_copy_file_range", None)
     slow = _convert(ckpt, tmp_path / "slow", *args, "--verify", "full")
     monkeypatch.setenv("ENGRAM_NO_COPY_FILE_RANGE", "1")
-    monkeypatch.setattr(ex._Sink, "POOL_BLOCKS", 1)  # one buffer: producer and writer strictly alternate
+    monkeypatch.setattr(ex.Sink, "POOL_BLOCKS", 1)  # one buffer: producer and writer strictly alternate
     one = _convert(ckpt, tmp_path / "one", *args, "--block-size", "64KB")
     assert fast == slow == one
     assert fast[1]
