@@ -13,7 +13,7 @@ from typer.core import TyperGroup
 
 from engram_cli import __version__
 
-MODULES = ("build_vocab", "hash_cmd", "shard", "ablate", "analyze")
+MODULES = ("build_vocab", "hash_cmd", "shard", "ablate", "analyze", "inspect_cmd", "bench_offload")
 
 
 class EngramGroup(TyperGroup):

@@ -99,6 +99,7 @@ def _document(result, output: Path | None, files: list[str]) -> dict:
             for i, lid in enumerate(layout.layer_ids)
         ],
         "validation": result.checks,
+        "notes": list(getattr(result, "notes", [])),
         "output": None if output is None else {"dir": str(output), "files": files},
         "layout": layout.to_dict(),
     }
@@ -145,6 +146,8 @@ def _render(out: Output, doc: dict) -> None:
         for c in doc["validation"]:
             checks.add_row(c["check"], f"{c['expected']:,}", f"{c['actual']:,}", "[green]ok[/green]" if c["ok"] else "[red]MISMATCH[/red]")
         out.print(checks)
+    for note in doc["notes"]:
+        out.print(f"[yellow]note[/yellow]: {escape(note)}")
     if doc["output"]:
         out.print(f"wrote {', '.join(doc['output']['files'])} to {escape(doc['output']['dir'])}")
 

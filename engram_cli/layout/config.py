@@ -11,10 +11,11 @@ import numpy as np
 
 from engram_cli.errors import BadInputError
 from engram_cli.layout.layout import EngramLayout, exclusive_cumsum
+from engram_cli.layout.limits import check_config_geometry
 from engram_cli.layout.multipliers import splitmix64_multipliers
 from engram_cli.layout.numbering import numbered_ids
 from engram_cli.layout.primes import consecutive_primes_from
-from engram_cli.layout.tokenizer import TokenMap
+from engram_cli.layout.tokenizer import TokenMap, pad_token_map
 
 DEEPSEEK_V41_FLASH = {
     "engram_layer_ids": [1, 14],
@@ -115,9 +116,13 @@ def layout_from_config(
     cfg = read_config(config)
     variant = detect_variant(cfg)
     c = _text_config(cfg)
+    check_config_geometry(c)
     lookup = token_map.lookup if isinstance(token_map, TokenMap) else token_map
     if tokenizer_info is None and isinstance(token_map, TokenMap):
         tokenizer_info = {"fingerprint": token_map.fingerprint, "vocab_size": token_map.vocab_size}
+    if lookup is not None and variant != "qwen4-exp":  # a padded embedding (Megatron): extra ids -> compressed pad
+        raw_pad = c.get("engram_pad_token_id", c.get("engram_pad_id", 2)) if variant == "deepseek-v4.1" else c.get("pad_id", 2)
+        lookup, tokenizer_info = pad_token_map(np.asarray(lookup, dtype=np.int64), c.get("vocab_size"), int(raw_pad), tokenizer_info)
     try:
         if variant == "qwen4-exp":
             return _qwen4_exp(c)

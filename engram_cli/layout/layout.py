@@ -10,6 +10,7 @@ import numpy as np
 from engram_cli.errors import BadInputError, LayoutMismatchError, UsageError
 from engram_cli.layout import hashing
 from engram_cli.layout.multipliers import pcg64_multipliers
+from engram_cli.layout.numbering import LayerIds, numbered_ids
 from engram_cli.layout.primes import distinct_primes
 
 VARIANTS = ("deepseek-v4.1", "deepseek-demo", "qwen4-exp")
@@ -59,6 +60,8 @@ class EngramLayout:
     table_dtype: str = "fp32"
     tokenizer: dict[str, Any] | None = field(default=None, compare=False)
     token_map: np.ndarray | None = field(default=None, repr=False, compare=False)
+    seed_ids: tuple[int, ...] = ()  # hash-seed id per layer (empty: the layer ids)
+    tensor_ids: tuple[int, ...] = ()  # tensor-name index per layer, ``layers.{i}`` (empty: the layer ids)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -68,6 +71,40 @@ class EngramLayout:
             raise BadInputError("layout primes do not match layers x columns")
         if self.table_dtype not in TABLE_DTYPES:
             raise BadInputError(f"unknown table dtype {self.table_dtype!r}", hint=f"one of {', '.join(TABLE_DTYPES)}")
+        for name in ("seed_ids", "tensor_ids"):
+            ids = getattr(self, name)
+            object.__setattr__(self, name, tuple(int(x) for x in ids) if ids else tuple(int(x) for x in self.layer_ids))
+            if len(getattr(self, name)) != len(self.layer_ids):
+                raise BadInputError(f"layout {name} has {len(ids)} entries for {len(self.layer_ids)} layers")
+        if len(set(self.tensor_ids)) != len(self.tensor_ids):
+            raise BadInputError(f"layout tensor indices {list(self.tensor_ids)} are not distinct")
+
+    # --- layer numbering -------------------------------------------------------------
+    def layer(self, i: int) -> LayerIds:
+        """The three ids of the ``i``-th Engram layer."""
+        return LayerIds(int(self.layer_ids[i]), int(self.seed_ids[i]), int(self.tensor_ids[i]))
+
+    @property
+    def layers(self) -> tuple[LayerIds, ...]:
+        return tuple(self.layer(i) for i in range(len(self.layer_ids)))
+
+    @property
+    def numbering(self) -> str:
+        """``deepseek``, ``qwen4-exp`` or ``megatron`` when the ids follow that rule, else ``custom``."""
+        if self.variant == "qwen4-exp":  # seeds follow the order ple_layer_ids is written in
+            ok = self.tensor_ids == numbered_ids("qwen4-exp", self.layer_ids)[1]
+            return "qwen4-exp" if ok and sorted(self.seed_ids) == list(range(len(self.layer_ids))) else "custom"
+        for name in ("deepseek", "megatron"):
+            if (self.seed_ids, self.tensor_ids) == numbered_ids(name, self.layer_ids):
+                return name
+        return "custom"
+
+    def index_of_tensor(self, tensor_index: int) -> int | None:
+        """Position of the layer whose tensors are named ``layers.{tensor_index}`` (None: no such layer)."""
+        try:
+            return self.tensor_ids.index(int(tensor_index))
+        except ValueError:
+            return None
 
     # --- shape -----------------------------------------------------------------------
     @property
@@ -148,18 +185,23 @@ class EngramLayout:
         seq_starts: Any = None,
         dead_mask: Any = None,
         backend: str = "auto",
+        id_dtype: str = "int64",
     ) -> hashing.HashIds:
         """Hash raw ids ``[batch, tokens]`` (or ``[tokens]``) into local and global row ids.
 
         ``seq_starts``: positions where packed sequences start (1-D ints, applied to every
         row) or a bool mask shaped like the ids. ``dead_mask``: bool mask of dead tokens
         (DeepSeek-V4.1 blocking). Torch input gives torch output on the same device.
-        ``backend``: "auto", "numpy" or "torch".
+        ``backend``: "auto" (torch for non-CPU tensors, else the CPU kernels of
+        :func:`hashing.hash_cpu`), "numba", "numpy" or "torch". ``id_dtype``: "int64" or
+        "int32" (UsageError when a layer's rows exceed int32).
         """
+        dt = hashing.check_id_dtype(id_dtype, self.num_embeddings)
         is_torch = _is_torch(input_ids)
         device = input_ids.device if is_torch else None
+        use_torch = backend == "torch" or (backend == "auto" and is_torch and device.type != "cpu")
         if is_torch:
-            raw = input_ids.detach().to("cpu").numpy().astype(np.int64) if device.type == "cpu" or backend == "numpy" else None
+            raw = None if use_torch else input_ids.detach().to("cpu").numpy().astype(np.int64)
         else:
             raw = np.asarray(input_ids, dtype=np.int64)
         one_d = (input_ids.dim() if is_torch else raw.ndim) == 1
@@ -174,40 +216,31 @@ class EngramLayout:
             raise BadInputError("token ids must be non-negative")
 
         start_mask = _start_mask(seq_starts, shape)
-        dead = None if dead_mask is None else _as_numpy_bool(dead_mask).reshape(shape)
-        if self.variant == "qwen4-exp":
-            ids_np = raw if raw is not None else input_ids.detach().cpu().numpy().astype(np.int64)
-            eos_mask = ids_np.reshape(shape) == self.eos_token_id
-            # a segment starts right after every EOS (the EOS closes its own segment)
-            after_eos = np.zeros(shape, dtype=bool)
-            after_eos[:, 1:] = eos_mask[:, :-1]
-            start_mask = after_eos if start_mask is None else (start_mask | after_eos)
-        avail = hashing.available_lookbacks(shape, self.max_ngram_size, start_mask, dead)
-
-        use_torch = backend == "torch" or (backend == "auto" and is_torch and device.type != "cpu")
+        # Qwen4-Exp: no compression (compressed ids are the raw ids), so the kernels see the EOS id itself
+        eos = self.eos_token_id if self.variant == "qwen4-exp" else None
+        args = (self.compressed_pad_id, self.multipliers, self.primes, self.offsets, self.n_heads)
         if use_torch:
             import torch
 
-            ids_t = input_ids if is_torch else torch.from_numpy(raw)
-            ids_t = ids_t.reshape(shape)
+            ids_t = (input_ids if is_torch else torch.from_numpy(raw)).reshape(shape)
             comp = self.compress(ids_t)
-            glob = hashing.hash_torch(
-                comp, torch.from_numpy(avail), self.compressed_pad_id, self.multipliers, self.primes, self.offsets, self.n_heads
-            )
+            to_dev = (lambda m: None if m is None else torch.as_tensor(m).to(comp.device).reshape(shape))
+            dead = None if dead_mask is None else to_dev(dead_mask).to(torch.bool)
+            glob = hashing.hash_torch(comp, *args, start_mask=to_dev(start_mask), dead_mask=dead, eos_id=eos, id_dtype=dt.name)
             if not is_torch:
-                comp, glob = comp.numpy(), glob.numpy()
+                comp, glob = comp.cpu().numpy(), glob.cpu().numpy()
         else:
             comp = self.compress(raw.reshape(shape))
-            glob = hashing.hash_numpy(
-                comp, avail, self.compressed_pad_id, self.multipliers, self.primes, self.offsets, self.n_heads
-            )
+            dead = None if dead_mask is None else _as_numpy_bool(dead_mask).reshape(shape)
+            kernel = backend if backend in ("numba", "numpy") else "auto"
+            glob = hashing.hash_cpu(comp, *args, start_mask=start_mask, dead_mask=dead, eos_id=eos, id_dtype=dt.name, kernel=kernel)
             if is_torch:
                 import torch
 
                 comp, glob = (torch.from_numpy(a).to(device) for a in (comp, glob))
         if one_d:
             comp, glob = comp[0], glob[0]
-        offsets = np.asarray(self.offsets, dtype=np.int64)
+        offsets = np.asarray(self.offsets, dtype=dt)
         if _is_torch(glob):
             import torch
 
@@ -264,11 +297,14 @@ class EngramLayout:
             "compressed_pad_id": self.compressed_pad_id,
             "eos_token_id": self.eos_token_id,
             "table_dtype": self.table_dtype,
+            "layer_numbering": self.numbering,
             "bytes_per_row": self.bytes_per_row(),
             "columns": [{"order": n, "head": h} for n, h in self.columns],
             "layers": [
                 {
                     "layer_id": lid,
+                    "seed_id": self.seed_ids[i],
+                    "tensor_index": self.tensor_ids[i],
                     "num_embeddings": self.num_embeddings[i],
                     "primes_sum": int(sum(self.primes[i])),
                     "table_bytes": self.num_embeddings[i] * self.bytes_per_row(),
@@ -285,9 +321,14 @@ class EngramLayout:
     def from_dict(cls, d: dict[str, Any], token_map: np.ndarray | None = None) -> "EngramLayout":
         try:
             layers = d["layers"]
+            ids = tuple(int(x["layer_id"]) for x in layers)
+            # older files (before the id triple) follow their variant's numbering
+            seed_default, tensor_default = numbered_ids("qwen4-exp" if d["variant"] == "qwen4-exp" else "deepseek", ids)
             return cls(
                 variant=d["variant"],
-                layer_ids=tuple(int(x["layer_id"]) for x in layers),
+                layer_ids=ids,
+                seed_ids=tuple(int(x.get("seed_id", s)) for x, s in zip(layers, seed_default)),
+                tensor_ids=tuple(int(x.get("tensor_index", t)) for x, t in zip(layers, tensor_default)),
                 max_ngram_size=int(d["max_ngram_size"]),
                 n_heads=int(d["n_heads"]),
                 head_dim=int(d["head_dim"]),
@@ -333,8 +374,12 @@ class EngramLayout:
         seed: int = 0,
         table_dtype: str | None = None,
         tokenizer: dict[str, Any] | None = None,
+        layer_numbering: str = "deepseek",
     ) -> "EngramLayout":
-        """A DeepSeek-style layout (distinct primes, PCG64 multipliers) from explicit numbers."""
+        """A DeepSeek-style layout (distinct primes, PCG64 multipliers) from explicit numbers.
+
+        ``layer_numbering``: ``deepseek`` (0-based decoder ids everywhere) or ``megatron``
+        (1-based global layer ids seed the hash; tensors are ``layers.{id - 1}``)."""
         if variant not in ("deepseek-v4.1", "deepseek-demo"):
             raise UsageError("EngramLayout.custom builds deepseek-style layouts; use layout_from_config for qwen4-exp")
         if max_ngram_size < 2 or n_heads < 1 or head_dim < 1:
@@ -350,11 +395,16 @@ class EngramLayout:
             raise UsageError("a compressed vocab size or a token map is needed")
         vocab_size = compressed_vocab_size if vocab_size is None else vocab_size
         compressed_pad_id = pad_id if compressed_pad_id is None else compressed_pad_id
+        if layer_numbering == "qwen4-exp":
+            raise UsageError("qwen4-exp numbering belongs to qwen4-exp layouts (layout_from_config)")
+        seed_ids, tensor_ids = numbered_ids(layer_numbering, layer_ids)
         primes = distinct_primes(len(layer_ids), max_ngram_size, n_heads, bases)
-        mults = [pcg64_multipliers(lid, max_ngram_size, compressed_vocab_size, seed) for lid in layer_ids]
+        mults = [pcg64_multipliers(sid, max_ngram_size, compressed_vocab_size, seed) for sid in seed_ids]
         return cls(
             variant=variant,
             layer_ids=tuple(int(x) for x in layer_ids),
+            seed_ids=seed_ids,
+            tensor_ids=tensor_ids,
             max_ngram_size=int(max_ngram_size),
             n_heads=int(n_heads),
             head_dim=int(head_dim),

@@ -142,6 +142,20 @@ class TokenMap:
         return out
 
 
+def pad_token_map(lookup: np.ndarray, vocab_size: int | None, raw_pad: int,
+                  info: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """A token map extended to a padded embedding (Megatron pads the vocabulary to a multiple):
+    the ids the tokenizer lacks map to the compressed pad, as Megatron's remap does. ``info``
+    (the layout's tokenizer record) gains ``padded_vocab`` saying so; unchanged otherwise."""
+    n = int(lookup.shape[0])
+    if vocab_size is None or int(vocab_size) <= n or not 0 <= raw_pad < n:
+        return lookup, info
+    fill = int(lookup[raw_pad])
+    out = np.concatenate([lookup, np.full(int(vocab_size) - n, fill, dtype=lookup.dtype)])
+    note = {"tokenizer_ids": n, "embedding_ids": int(vocab_size), "extra_ids_map_to": fill}
+    return out, {**(info or {}), "padded_vocab": note}
+
+
 def build_token_map(tokenizer: "Tokenizer") -> TokenMap:
     """Compress a tokenizer's vocabulary with the DeepSeek normaliser chain."""
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)

@@ -22,6 +22,7 @@ class VocabBuild:
     token_map: TokenMap | None
     largest: list[MergeClass] = field(default_factory=list)
     checks: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def build_vocab(
@@ -46,4 +47,14 @@ def build_vocab(
     largest = res.token_map.largest_classes(res.tokenizer, top=top) if res.token_map is not None else []
     source = str(config) if config is not None else f"preset:{preset or DEFAULT_PRESET}"
     return VocabBuild(layout=res.layout, source=source, tokenizer_path=res.tokenizer_path, token_map=res.token_map,
-                      largest=largest, checks=list(res.checks))
+                      largest=largest, checks=list(res.checks), notes=padding_notes(res.layout))
+
+
+def padding_notes(layout: EngramLayout) -> list[str]:
+    """What the report says when the embedding is larger than the tokenizer (a padded vocabulary)."""
+    pv = (layout.tokenizer or {}).get("padded_vocab")
+    if not pv:
+        return []
+    extra = pv["embedding_ids"] - pv["tokenizer_ids"]
+    return [f"padded vocabulary: the tokenizer has {pv['tokenizer_ids']:,} ids, the embedding {pv['embedding_ids']:,}; "
+            f"the {extra:,} extra ids map to the compressed pad {pv['extra_ids_map_to']} (as Megatron's remap does)"]

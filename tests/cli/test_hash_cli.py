@@ -17,7 +17,7 @@ def test_json_contract_from_ids(cli, layout_dir, v41_layout):
     res = cli("hash", "--ids", "671,6102,294,8760", "--layout", str(layout_dir), "--json")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    assert list(doc) == ["schema", "variant", "layer_ids", "columns", "tokens", "compressed", "local_ids", "global_ids"]
+    assert list(doc) == ["schema", "variant", "layer_ids", "columns", "layers", "tokens", "compressed", "local_ids", "global_ids"]
     assert doc["schema"] == "engram.hash/1" and doc["variant"] == "deepseek-v4.1"
     assert doc["layer_ids"] == [1, 14]
     assert doc["columns"][:2] == [{"order": 2, "head": 0}, {"order": 2, "head": 1}]
