@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from engram_cli.errors import BadInputError
+from engram_cli.errors import BadInputError, LayoutMismatchError
 from engram_cli.layout.layout import EngramLayout, exclusive_cumsum
 from engram_cli.layout.limits import check_config_geometry
 from engram_cli.layout.multipliers import splitmix64_multipliers
@@ -87,6 +87,29 @@ def detect_variant(cfg: dict[str, Any]) -> str:
         "config has no Engram fields (engram_layer_ids, ple_layer_ids or the demo's engram_vocab_size)",
         hint="pass the config.json of an Engram model, or use --preset",
     )
+
+
+def validate_layout(layout: EngramLayout, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Compare a layout with a config's declared sizes; LayoutMismatchError (exit 3) on a mismatch.
+
+    Returns the checks made: ``{"check", "expected", "actual", "ok"}``.
+    """
+    declared = declared_sizes(config)
+    checks = []
+    if declared.get("compressed_vocab_size") is not None:
+        checks.append({"check": "compressed vocab size", "expected": declared["compressed_vocab_size"],
+                       "actual": layout.compressed_vocab_size})
+    for i, rows in enumerate((declared.get("num_embeddings") or [])[: len(layout.layer_ids)]):
+        checks.append({"check": f"sum of primes, layer {layout.layer_ids[i]}", "expected": int(rows),
+                       "actual": int(sum(layout.primes[i]))})
+    for c in checks:
+        c["ok"] = c["expected"] == c["actual"]
+    bad = [c for c in checks if not c["ok"]]
+    if bad:
+        c = bad[0]
+        raise LayoutMismatchError(f"layout mismatch: {c['check']} is {c['actual']:,} but the config says {c['expected']:,}",
+                                  hint="the tokenizer or config does not belong to this model")
+    return checks
 
 
 def declared_sizes(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from engram_cli.compiled import numba_enabled
+from engram_cli.errors import UsageError
 
 NUMBA_MIN_TOKENS = 1 << 20  # below this, numba's import and cache load (~0.5 s) cost more than the kernel saves
 ID_DTYPES = ("int64", "int32")
@@ -334,3 +335,27 @@ def hash_torch(
             cols = slice((k - 1) * n_heads, k * n_heads)
             glob[..., cols] = torch.remainder(mix.unsqueeze(-1), p[:, cols]).add_(off[:, cols])
     return glob
+
+
+def is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "device")
+
+
+def as_numpy_bool(x: Any) -> np.ndarray:
+    if is_torch(x):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=bool)
+
+
+def start_mask(seq_starts: Any, shape: tuple[int, int]) -> np.ndarray | None:
+    if seq_starts is None:
+        return None
+    arr = seq_starts.detach().cpu().numpy() if is_torch(seq_starts) else np.asarray(seq_starts)
+    if arr.dtype == bool:
+        return arr.reshape(shape)
+    arr = arr.astype(np.int64).reshape(-1)
+    if arr.size and (arr.min() < 0 or arr.max() >= shape[1]):
+        raise UsageError(f"sequence start positions must lie in [0, {shape[1]})")
+    mask = np.zeros(shape, dtype=bool)
+    mask[:, arr] = True
+    return mask

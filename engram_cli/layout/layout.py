@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from engram_cli.errors import BadInputError, LayoutMismatchError, UsageError
+from engram_cli.errors import BadInputError, UsageError
 from engram_cli.layout import hashing
 from engram_cli.layout.multipliers import pcg64_multipliers
 from engram_cli.layout.numbering import LayerIds, numbered_ids
@@ -145,7 +145,7 @@ class EngramLayout:
         and compressed vocab sizes, as in synthetic layouts).
         """
         if self.variant == "qwen4-exp" or (self.token_map is None and self.vocab_size == self.compressed_vocab_size):
-            if not _is_torch(ids):
+            if not hashing.is_torch(ids):
                 arr = np.asarray(ids, dtype=np.int64)
                 if arr.size and arr.max() >= self.vocab_size:
                     raise BadInputError(f"token id {int(arr.max())} is outside the {self.vocab_size} ids of this layout")
@@ -156,7 +156,7 @@ class EngramLayout:
                 "this layout has no token map, so raw ids cannot be compressed",
                 hint="build it with `engram build-vocab TOKENIZER` and pass --layout DIR",
             )
-        if _is_torch(ids):
+        if hashing.is_torch(ids):
             import torch
 
             lut = torch.as_tensor(self.token_map, dtype=torch.int64, device=ids.device)
@@ -197,7 +197,7 @@ class EngramLayout:
         "int32" (UsageError when a layer's rows exceed int32).
         """
         dt = hashing.check_id_dtype(id_dtype, self.num_embeddings)
-        is_torch = _is_torch(input_ids)
+        is_torch = hashing.is_torch(input_ids)
         device = input_ids.device if is_torch else None
         use_torch = backend == "torch" or (backend == "auto" and is_torch and device.type != "cpu")
         if is_torch:
@@ -215,7 +215,7 @@ class EngramLayout:
         if (raw is not None and raw.size and raw.min() < 0) or (raw is None and input_ids.numel() and int(input_ids.min()) < 0):
             raise BadInputError("token ids must be non-negative")
 
-        start_mask = _start_mask(seq_starts, shape)
+        start_mask = hashing.start_mask(seq_starts, shape)
         # Qwen4-Exp: no compression (compressed ids are the raw ids), so the kernels see the EOS id itself
         eos = self.eos_token_id if self.variant == "qwen4-exp" else None
         args = (self.compressed_pad_id, self.multipliers, self.primes, self.offsets, self.n_heads)
@@ -231,7 +231,7 @@ class EngramLayout:
                 comp, glob = comp.cpu().numpy(), glob.cpu().numpy()
         else:
             comp = self.compress(raw.reshape(shape))
-            dead = None if dead_mask is None else _as_numpy_bool(dead_mask).reshape(shape)
+            dead = None if dead_mask is None else hashing.as_numpy_bool(dead_mask).reshape(shape)
             kernel = backend if backend in ("numba", "numpy") else "auto"
             glob = hashing.hash_cpu(comp, *args, start_mask=start_mask, dead_mask=dead, eos_id=eos, id_dtype=dt.name, kernel=kernel)
             if is_torch:
@@ -241,45 +241,12 @@ class EngramLayout:
         if one_d:
             comp, glob = comp[0], glob[0]
         offsets = np.asarray(self.offsets, dtype=dt)
-        if _is_torch(glob):
+        if hashing.is_torch(glob):
             import torch
 
             offsets = torch.from_numpy(offsets).to(glob.device)
         return hashing.HashIds(compressed=comp, global_=glob, offsets=offsets)
 
-    # --- validation ------------------------------------------------------------------
-    def validate_against_config(self, config: dict[str, Any]) -> list[dict[str, Any]]:
-        """Compare with a config's declared sizes; raise LayoutMismatchError on a mismatch.
-
-        Returns the checks made: ``{"check", "expected", "actual", "ok"}``.
-        """
-        from engram_cli.layout.config import declared_sizes
-
-        checks = []
-        declared = declared_sizes(config)
-        if declared.get("compressed_vocab_size") is not None:
-            checks.append(
-                {"check": "compressed vocab size", "expected": declared["compressed_vocab_size"],
-                 "actual": self.compressed_vocab_size}
-            )
-        for i, rows in enumerate(declared.get("num_embeddings") or []):
-            if i < len(self.layer_ids):
-                checks.append(
-                    {"check": f"sum of primes, layer {self.layer_ids[i]}", "expected": int(rows),
-                     "actual": int(sum(self.primes[i]))}
-                )
-        for c in checks:
-            c["ok"] = c["expected"] == c["actual"]
-        bad = [c for c in checks if not c["ok"]]
-        if bad:
-            c = bad[0]
-            raise LayoutMismatchError(
-                f"layout mismatch: {c['check']} is {c['actual']:,} but the config says {c['expected']:,}",
-                hint="the tokenizer or config does not belong to this model",
-            )
-        return checks
-
-    # --- serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-able description (without the token map itself)."""
         return {
@@ -422,27 +389,3 @@ class EngramLayout:
             tokenizer=tokenizer,
             token_map=token_map,
         )
-
-
-def _is_torch(x: Any) -> bool:
-    return type(x).__module__.startswith("torch") and hasattr(x, "device")
-
-
-def _as_numpy_bool(x: Any) -> np.ndarray:
-    if _is_torch(x):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=bool)
-
-
-def _start_mask(seq_starts: Any, shape: tuple[int, int]) -> np.ndarray | None:
-    if seq_starts is None:
-        return None
-    arr = seq_starts.detach().cpu().numpy() if _is_torch(seq_starts) else np.asarray(seq_starts)
-    if arr.dtype == bool:
-        return arr.reshape(shape)
-    arr = arr.astype(np.int64).reshape(-1)
-    if arr.size and (arr.min() < 0 or arr.max() >= shape[1]):
-        raise UsageError(f"sequence start positions must lie in [0, {shape[1]})")
-    mask = np.zeros(shape, dtype=bool)
-    mask[:, arr] = True
-    return mask

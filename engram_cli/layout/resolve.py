@@ -58,7 +58,7 @@ def _tokenizer_beside(*places: Path | None) -> Path | None:
 
 def _build(cfg: dict, tok_path: Path | None, source: str) -> ResolvedLayout:
     """The layout ``cfg`` describes, with the token map of ``tok_path`` when given, validated."""
-    from engram_cli.layout.config import detect_variant, layout_from_config
+    from engram_cli.layout.config import detect_variant, layout_from_config, validate_layout
     from engram_cli.layout.tokenizer import build_token_map, load_tokenizer, tokenizer_summary
 
     if tok_path is None:
@@ -72,7 +72,7 @@ def _build(cfg: dict, tok_path: Path | None, source: str) -> ResolvedLayout:
         else:
             tmap = build_token_map(tok)
         layout = layout_from_config(cfg, tmap, tokenizer_info=info)
-    checks = tuple(layout.validate_against_config(cfg))
+    checks = tuple(validate_layout(layout, cfg))
     return ResolvedLayout(layout, source, str(tok_path) if tok_path else None, tmap, tok, checks)
 
 

@@ -6,6 +6,7 @@ import pytest
 from benchmarks.straightforward_hash import naive_hash_one, straightforward_hash
 from engram_cli.errors import BadInputError, LayoutMismatchError, UsageError
 from engram_cli.layout import EngramLayout, PRESETS, layout_from_config, layout_from_preset, load_layout
+from engram_cli.layout.config import validate_layout
 
 
 def test_bundled_tokenizer_compresses_to_published_size(deepseek_token_map):
@@ -47,7 +48,7 @@ def test_v41_flash_preset_matches_published_layout(v41_layout):
     assert lay.bytes_per_row() == 264
     assert lay.table_bytes(1) == 101_377_628_352
     assert lay.compressed_pad_id == 2
-    checks = lay.validate_against_config(PRESETS["deepseek-v4.1-flash"])
+    checks = validate_layout(lay, PRESETS["deepseek-v4.1-flash"])
     assert all(c["ok"] for c in checks) and len(checks) == 3
 
 
@@ -62,7 +63,7 @@ def test_mismatch_raises_with_both_numbers(deepseek_token_map):
     cfg = dict(PRESETS["deepseek-v4.1-flash"], engram_compressed_vocab_size=99_000)
     lay = layout_from_config(cfg, deepseek_token_map)
     with pytest.raises(LayoutMismatchError) as exc:
-        lay.validate_against_config(cfg)
+        validate_layout(lay, cfg)
     assert "99,092" in exc.value.message and "99,000" in exc.value.message
 
 
