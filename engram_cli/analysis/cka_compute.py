@@ -61,7 +61,7 @@ def validate(s: CkaSettings) -> None:
     if s.kernel not in C.KERNELS:
         raise UsageError(f"unknown kernel {s.kernel!r}", hint=", ".join(C.KERNELS))
     if s.estimator == "minibatch-unbiased" and s.batch_size < 4:
-        raise UsageError(f"--batch-size {s.batch_size} is below 4: the unbiased HSIC needs at least 4 examples per batch")
+        raise UsageError(f"--cka-batch-size {s.batch_size} is below 4: the unbiased HSIC needs at least 4 examples per batch")
     if s.epochs < 1 or (s.epochs > 1 and s.estimator != "minibatch-unbiased"):
         raise UsageError("--epochs must be >= 1 and only applies to --estimator minibatch-unbiased")
     if s.path == "feature" and s.kernel != "linear":
@@ -71,7 +71,7 @@ def validate(s: CkaSettings) -> None:
     if s.remove_top_pcs is not None and s.remove_top_pcs < 1:
         raise UsageError("--remove-top-pcs must be >= 1")
     if s.k < 1 or s.rbf_threshold <= 0 or s.max_length < 1 or s.forward_batch < 1 or s.skip_first < 0:
-        raise UsageError("--top-k, --rbf-threshold, --max-length and --forward-batch must be positive")
+        raise UsageError("--top-k, --rbf-threshold, --max-length and --batch-size must be positive")
     if s.max_examples is not None and s.max_examples < 4:
         raise UsageError("--max-examples must be >= 4")
 

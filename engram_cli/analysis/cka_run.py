@@ -228,7 +228,7 @@ def _warn(main: MatrixResult, s: CkaSettings, warnings: list[str], check: dict[s
         warnings.append(f"{len(main.undefined)} CKA cell(s) undefined: a self-HSIC was not positive (null in JSON, NaN in npz)")
     if s.estimator == "minibatch-unbiased" and main.n_batches < 10 and s.boot > 0:
         warnings.append(f"only {main.n_batches} minibatch(es): the batch bootstrap CI is rough (more examples or a smaller "
-                        "--batch-size give more batches)")
+                        "--cka-batch-size give more batches)")
     if s.estimator == "minibatch-unbiased" and s.epochs > 1 and s.boot > 0:
         warnings.append("with --epochs > 1 batches share examples: the batch-bootstrap CI treats them as independent and is too narrow")
     if s.estimator == "full-unbiased" and s.boot > 0:

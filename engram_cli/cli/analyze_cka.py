@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from engram_cli.cli.options import (
+    BatchSizeOpt,
     Device,
     DeviceMapOpt,
     DeviceOpt,
@@ -83,15 +84,15 @@ def cka(
     model_b: Annotated[Optional[str], typer.Argument(help="Baseline model (default: MODEL_A with its Engram ablated).")] = None,
     compare: Annotated[Compare, typer.Option("--compare", help="Without MODEL_B: 'ablated' (Engram output zeroed), 'self' "
                                              "(the model against itself), 'auto' (ablated if the model has Engram).")] = Compare.auto,
-    preset: Annotated[Optional[CkaPreset], typer.Option("--preset", "-p", help="engram-paper: minibatch-unbiased, linear, "
-                                                        "entity-final, k=5 (explicit options win).", rich_help_panel=_CKA)] = None,
+    preset: Annotated[Optional[CkaPreset], typer.Option("--protocol", help="engram-paper: the paper's minibatch-unbiased, "
+                                                        "linear, entity-final, k=5 (explicit options win).", rich_help_panel=_CKA)] = None,
     estimator: Annotated[Optional[Estimator], typer.Option("--estimator", help="minibatch-unbiased (paper; default), "
                                                            "full-unbiased or full-biased.", rich_help_panel=_CKA)] = None,
     kernel: Annotated[Optional[Kernel], typer.Option("--kernel", help="linear (default) or rbf (median heuristic).",
                                                      rich_help_panel=_CKA)] = None,
     rbf_threshold: Annotated[float, typer.Option("--rbf-threshold", help="RBF bandwidth as a multiple of the median "
                                                  "distance.", rich_help_panel=_CKA)] = 1.0,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per CKA minibatch (>= 4).", rich_help_panel=_CKA)] = 64,
+    batch_size: Annotated[int, typer.Option("--cka-batch-size", help="Examples per CKA minibatch (>= 4).", rich_help_panel=_CKA)] = 64,
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the examples, reshuffled each time (minibatch).",
                                         rich_help_panel=_CKA)] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of batches, null-floor shuffle, bootstrap, subsample.",
@@ -118,7 +119,7 @@ def cka(
                                             rich_help_panel=_DATA)] = 256,
     max_examples: Annotated[int, typer.Option("--max-examples", help="Seeded subsample above this many examples (0: all).",
                                               rich_help_panel=_DATA)] = 4096,
-    forward_batch: Annotated[int, typer.Option("--forward-batch", help="Sequences per forward pass.", rich_help_panel=_DATA)] = 8,
+    forward_batch: BatchSizeOpt = 8,
     branch_reduce: Annotated[BranchReduce, typer.Option("--branch-reduce", help="Hyper-connection branches -> one state: "
                                                         "model (its own mapping), mean, sum, first.")] = BranchReduce.model,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Keep per-layer features as .npy memmaps here.")] = None,

@@ -17,7 +17,7 @@ from typer.testing import CliRunner  # noqa: E402
 from engram_cli.cli.app import app  # noqa: E402
 
 runner = CliRunner()
-FAST = ["--batch-size", "8", "--max-length", "24", "--max-examples", "128", "--bootstrap", "50", "--device", "cpu",
+FAST = ["--cka-batch-size", "8", "--max-length", "24", "--max-examples", "128", "--bootstrap", "50", "--device", "cpu",
         "--threads", "1"]
 
 
@@ -117,12 +117,12 @@ def test_preset_and_entity_final(models, tmp_path):
                                          "spans": [[15, 15 + len(c)], [19 + len(c), 19 + len(c) + len(x)]]}) + "\n"
                              for c, x in [("france", "paris"), ("italy", "rome"), ("germany", "berlin"),
                                           ("spain", "madrid")] * 4), encoding="utf-8")
-    doc = _doc(_run(ref, *FAST, "--preset", "engram-paper", "--spans", spans, "--json"))
+    doc = _doc(_run(ref, *FAST, "--protocol", "engram-paper", "--spans", spans, "--json"))
     s = doc["settings"]
     assert (s["preset"], s["positions"], s["estimator"], s["kernel"], s["k"]) == (
         "engram-paper", "entity-final", "minibatch-unbiased", "linear", 5)
     assert doc["examples"]["used"] == 32
-    doc = _doc(_run(ref, *FAST, "--preset", "engram-paper", "--top-k", "2", "--json"))  # explicit wins; bundled spans
+    doc = _doc(_run(ref, *FAST, "--protocol", "engram-paper", "--top-k", "2", "--json"))  # explicit wins; bundled spans
     assert doc["settings"]["k"] == 2 and doc["examples"]["source"] == "bundled entity spans"
 
 
@@ -134,7 +134,7 @@ def test_qwen4exp_branches(tmp_path):
 
 
 @pytest.mark.parametrize("model,args,code,msg", [
-    ("ref", ["--batch-size", "3"], 2, "below 4"),
+    ("ref", ["--cka-batch-size", "3"], 2, "below 4"),
     ("ref", ["--positions", "entity-final", "--spans", "BAD"], 3, "bad.jsonl:2"),
     ("ref", ["--positions", "entity-final", "--spans", "EMPTY"], 3, "no entity spans"),
     ("ref", ["--spans", "EMPTY"], 2, "--spans needs --positions entity-final"),
