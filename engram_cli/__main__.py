@@ -1,3 +1,3 @@
-from engram_cli.cli.app import main
+from engram_cli.cli.entry import main
 
 main()

@@ -91,16 +91,11 @@ def _register() -> None:
 _register()
 
 
-def _sigterm_as_interrupt(signum, frame) -> None:  # noqa: ANN001
-    raise KeyboardInterrupt
-
-
 def main() -> None:
-    """Console-script entry point (SIGTERM is handled like Ctrl-C: temporary files removed, exit 130)."""
-    import signal
+    """Console-script entry point (see ``engram_cli.cli.entry``)."""
+    from engram_cli.cli.entry import main as entry_main
 
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    app(prog_name="engram")
+    entry_main()
 
 
 if __name__ == "__main__":  # pragma: no cover

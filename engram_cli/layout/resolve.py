@@ -93,8 +93,9 @@ def _from_config(cfg_path: Path, cfg: dict, tokenizer: Path | None, near: Path |
     if tok_path is None and detect_variant(cfg) != "qwen4-exp" and need is not TokenMapNeed.skip:
         tok_path = _tokenizer_beside(cfg_path, near)
         if tok_path is None and need is TokenMapNeed.need:
-            raise BadInputError(f"no tokenizer.json beside {cfg_path}: the layout has no token map",
-                                hint="pass --layout DIR from `engram build-vocab`, or --tokenizer FILE")
+            raise BadInputError(f"no tokenizer.json beside {cfg_path} to build the token map: pass --layout DIR "
+                                "(from `engram build-vocab`) or --tokenizer FILE",
+                                hint="the hash keys and row ids need the tokenizer's compressed vocabulary")
     return _build(cfg, None if need is TokenMapNeed.skip else tok_path, source)
 
 
