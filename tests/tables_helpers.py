@@ -85,7 +85,7 @@ def make_v41_checkpoint(root: Path, *, vocab_base: int = 300, seed: int = 0, sca
     write_sharded(root, t, shards)
     (root / "config.json").write_text(json.dumps({"architectures": ["Test"], "note": "synthetic"}))
     if save_layout:
-        lay.save(root)
+        save_layout(lay, root)
     return root, lay
 
 

@@ -20,6 +20,8 @@ import string
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from engram_cli.analysis.batching import budget_groups, length_order, pad_batch
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 
 
@@ -57,14 +59,8 @@ class Evaluator:
         self.max_length = max_length
 
     def _pad(self, seqs: list[list[int]]):
-        import torch
-
         pad = self.tok.eos_id if self.tok.eos_id is not None else 0
-        width = max(len(s) for s in seqs)
-        x = torch.full((len(seqs), width), pad, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            x[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        return x.to(self.device)
+        return pad_batch(seqs, pad, self.device)[0]
 
     # ------------------------------------------------------------------ multiple choice
     def multiple_choice(self, items, conditions: list[Callable[[], Any]], progress=None) -> ItemScores:
@@ -80,7 +76,7 @@ class Evaluator:
                 reqs.append((i, j, full, len(cont)))
         ll = [[[0.0] * len(it["choices"]) for it in items] for _ in conditions]
         kl_by_item: dict[int, float] = {}
-        order = sorted(range(len(reqs)), key=lambda r: -len(reqs[r][2]))
+        order = length_order([len(r[2]) for r in reqs])
         for b0 in range(0, len(order), self.batch_size):
             batch = [reqs[r] for r in order[b0:b0 + self.batch_size]]
             x = self._pad([r[2] for r in batch])
@@ -99,7 +95,7 @@ class Evaluator:
                 # rows of logp are in row-major order of (mask|ctx_end); split per sequence
                 counts = (mask | ctx_end).sum(1).tolist()
                 pos = 0
-                for k, (i, j, full, nc) in enumerate(batch):
+                for k, (i, j, _full, _nc) in enumerate(batch):
                     rows = logp[pos:pos + counts[k]]
                     pos += counts[k]
                     ll[c][i][j] = float(rows.gather(1, targets[k].view(-1, 1)).sum())
@@ -189,14 +185,7 @@ class Evaluator:
         kls: list[float] = []
         max_rows = max(1, logit_budget // max(1, self._vocab_size()))
         seqs_all = [self.tok.encode(it["text"])[: self.max_length] for it in items]
-        groups: list[list[int]] = []
-        for i, s in enumerate(seqs_all):
-            rows = max(1, len(s) - 1)
-            if groups and len(groups[-1]) < self.batch_size and \
-                    sum(max(1, len(seqs_all[j]) - 1) for j in groups[-1]) + rows <= max_rows:
-                groups[-1].append(i)
-            else:
-                groups.append([i])
+        groups = budget_groups([len(s) - 1 for s in seqs_all], self.batch_size, max_rows)
         done = 0
         for group in groups:
             seqs = [seqs_all[i] for i in group]

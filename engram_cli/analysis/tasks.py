@@ -9,6 +9,11 @@ Line 1 (optional) is a header object with ``output_type``; every other line is o
 ``generate_until`` (context, answers, header ``until`` / ``max_gen_toks`` -> exact_match),
 ``loglikelihood_rolling`` (text -> perplexity). Without a header the type is inferred from
 the first item's keys, the task name from the file name and the category is "other".
+
+Controls (docs/ablate.md): an item may mark character spans of its ``context``:
+``context_span: [start, end]`` (the passage the answer must come from) and ``subject_span``
+(the entity a closed-book fact is about). A span is on every item of a task or on none.
+A header may say which text a perplexity sample is (``text_split``: ``train`` or ``heldout``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from engram_cli.errors import BadInputError
 
 OUTPUT_TYPES = ("multiple_choice", "generate_until", "loglikelihood_rolling")
 CATEGORIES = ("factual", "reading", "other")
+SPAN_FIELDS = ("context_span", "subject_span")
+TEXT_SPLITS = ("train", "heldout")
 REQUIRED = {
     "multiple_choice": ("context", "choices", "gold"),
     "generate_until": ("context", "answers"),
@@ -39,6 +46,12 @@ class Task:
     until: list[str] = field(default_factory=lambda: ["\n"])
     max_gen_toks: int = 16
     description: str = ""
+    text_split: str | None = None
+
+    @property
+    def span_fields(self) -> list[str]:
+        """The span fields every item carries (see :data:`SPAN_FIELDS`)."""
+        return [f for f in SPAN_FIELDS if self.items and f in self.items[0]]
 
     @property
     def chance(self) -> float | None:
@@ -109,6 +122,7 @@ def load_task(path: str | Path, limit: int | None = None) -> Task:
             for key in ("context", "text"):
                 if key in obj and not isinstance(obj[key], str):
                     raise BadInputError(f"{path}:{lineno}: '{key}' must be a string")
+            _check_spans(obj, items[0] if items else None, f"{path}:{lineno}")
             obj.setdefault("id", f"{path.stem}/{lineno}")
             items.append(obj)
             if limit is not None and len(items) >= limit:
@@ -116,10 +130,29 @@ def load_task(path: str | Path, limit: int | None = None) -> Task:
     if not items or out_type is None:
         raise BadInputError(f"{path}: no items")
     until = header.get("until", ["\n"])
+    split = header.get("text_split")
+    if split is not None and split not in TEXT_SPLITS:
+        raise BadInputError(f"{path}:1: unknown text_split {split!r}", hint=f"one of {', '.join(TEXT_SPLITS)}")
     return Task(name=str(header.get("task", path.stem)), category=str(header.get("category", "other")),
                 output_type=out_type, items=items, path=str(path),
                 until=[until] if isinstance(until, str) else list(until),
-                max_gen_toks=int(header.get("max_gen_toks", 16)), description=str(header.get("description", "")))
+                max_gen_toks=int(header.get("max_gen_toks", 16)), description=str(header.get("description", "")),
+                text_split=split)
+
+
+def _check_spans(obj: dict, first: dict | None, where: str) -> None:
+    """``context_span``/``subject_span``: ``[start, end]`` character offsets into ``context``, on all items or none."""
+    for key in SPAN_FIELDS:
+        if first is not None and (key in first) != (key in obj):
+            raise BadInputError(f"{where}: '{key}' must be on every item of a task or on none")
+        if key not in obj:
+            continue
+        span, ctx = obj[key], obj.get("context")
+        if not isinstance(ctx, str):
+            raise BadInputError(f"{where}: '{key}' needs a 'context'")
+        if (not isinstance(span, list) or len(span) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in span)
+                or not 0 <= span[0] < span[1] <= len(ctx)):
+            raise BadInputError(f"{where}: '{key}' must be [start, end] with 0 <= start < end <= len(context) ({len(ctx)})")
 
 
 def resolve_tasks(specs: list[str] | None, default_dir: Path, limit: int | None = None) -> list[Task]:

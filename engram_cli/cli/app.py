@@ -89,14 +89,3 @@ def _register() -> None:
 
 
 _register()
-
-
-def main() -> None:
-    """Console-script entry point (see ``engram_cli.cli.entry``)."""
-    from engram_cli.cli.entry import main as entry_main
-
-    entry_main()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -45,6 +45,7 @@ def build_vocab(
     Writes engram_layout.json and token_map.safetensors (int32 raw -> compressed id) with -o, and validates the result against the config's declared sizes (exit 3 on a mismatch).
     """
     from engram_cli.fsutil import atomic_dir
+    from engram_cli.layout.store import save_layout
     from engram_cli.layout.vocab_report import build_vocab as run
     from engram_cli.reports import check_output_dir
 
@@ -56,7 +57,7 @@ def build_vocab(
     files: list[str] = []
     if output is not None:
         with atomic_dir(output, force=force) as tmp:
-            files = layout.save(tmp, token_map_format=fmt.value)
+            files = save_layout(layout, tmp, token_map_format=fmt.value)
     doc = _document(result, output, files)
     if json_out:
         out.emit_json(doc)

@@ -317,11 +317,6 @@ class EngramLayout:
         except (KeyError, TypeError, ValueError) as exc:
             raise BadInputError(f"malformed layout description: {type(exc).__name__}: {exc}") from None
 
-    def save(self, directory: Any, token_map_format: str = "safetensors") -> list[str]:
-        from engram_cli.layout.store import save_layout
-
-        return save_layout(self, directory, token_map_format=token_map_format)
-
     # --- construction ----------------------------------------------------------------
     @classmethod
     def custom(

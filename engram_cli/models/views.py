@@ -29,6 +29,8 @@ class ModelView:
     hc_mult: int = 1
     ngram_columns: Callable[[int], list[int]] | None = None  # order -> embedding columns
     backbone: Callable[[Any], Any] | None = None  # input_ids -> final (post-norm) hidden [B,T,D]
+    # the model's own hyper-connection output mapping: residual stream -> [B,T,D] (None: single branch / unknown)
+    branch_mixer: Callable[[Any], Any] | None = None
 
     @property
     def engram_layer_ids(self) -> list[int]:
@@ -60,12 +62,12 @@ def _hf_backbone(model: Any) -> Callable[[Any], Any]:
 
 
 def _view_reference(model: Any) -> ModelView:
-    lay = model.model.engram_layout()
-    n = lay.n_heads
+    lay = model.model.engram_layout() if model.config.engram_layout else None  # None: the no-Engram twin
+    n = lay.n_heads if lay else 0
 
     def cols(order: int) -> list[int]:
-        if not 2 <= order <= lay.max_ngram_size:
-            raise BadInputError(f"n-gram order {order} not in 2..{lay.max_ngram_size}")
+        if lay is None or not 2 <= order <= lay.max_ngram_size:
+            raise BadInputError(f"n-gram order {order} not in 2..{lay.max_ngram_size if lay else 'none (no Engram)'}")
         return list(range((order - 2) * n, (order - 1) * n))
 
     layers = list(model.model.layers)
@@ -75,7 +77,7 @@ def _view_reference(model: Any) -> ModelView:
         engram_modules={i: l.engram for i, l in enumerate(layers) if l.engram is not None},
         engram_embeddings={i: l.engram.multi_head_embedding for i, l in enumerate(layers) if l.engram is not None},
         branch_reduce="mean" if model.config.hc_mult > 1 else "none", hc_mult=model.config.hc_mult,
-        ngram_columns=cols, backbone=lambda ids: model.model(ids)[0])
+        ngram_columns=cols, backbone=lambda ids: model.model(ids)[0], branch_mixer=lambda h: h.mean(dim=-2))
 
 
 def _view_qwen4exp(model: Any) -> ModelView:
@@ -91,7 +93,8 @@ def _view_qwen4exp(model: Any) -> ModelView:
         model=model, family="qwen4-exp", layers=layers, final_norm=getattr(model.model, "norm", None),
         unembed=model.lm_head, engram_modules=engram,
         engram_embeddings={i: m.ple_embedding for i, m in engram.items()},
-        branch_reduce="model" if hc > 1 else "none", hc_mult=hc, backbone=_hf_backbone(model))
+        branch_reduce="model" if hc > 1 else "none", hc_mult=hc, backbone=_hf_backbone(model),
+        branch_mixer=getattr(model.model, "hyper_connection_mixer", None))
 
 
 def _view_llama_like(model: Any) -> ModelView:
@@ -139,7 +142,8 @@ def _probe(model: Any, engram_path: str | None, layers_path: str | None) -> Mode
     if layers is None:
         raise BadInputError(
             f"cannot find the decoder layers of {type(model).__name__}",
-            hint=f"pass --layers-path (candidates: {', '.join(candidate_paths(model)) or 'none'})")
+            hint=("pass --layers-path (the decoder-layer list) and --engram-path (the Engram module inside a layer); "
+                  f"candidate module paths: {', '.join(candidate_paths(model)) or 'none'}"))
     engram: dict[int, Any] = {}
     if engram_path:
         for i, layer in enumerate(layers):

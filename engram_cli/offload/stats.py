@@ -1,6 +1,6 @@
 """Small statistics for the offload report: p50/p99/n summaries and a bootstrap CI of a mean.
 
-(offload does not import ``analysis``; the CI uses scipy's bootstrap rather than a hand-written one.)
+(CIs come from ``engram_cli.analysis.stats``, the one place bootstrap is written.)
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
+
+from engram_cli.analysis.stats import bootstrap_ci, paired_bootstrap_ci
 
 
 @dataclass(frozen=True)
@@ -43,28 +45,17 @@ def ratio(num: float | None, den: float | None) -> float | None:
 
 
 def mean_ci(values: Sequence[float], *, level: float = 0.95, seed: int = 0, n_boot: int = 2000) -> tuple[float | None, float | None]:
-    """Percentile-bootstrap CI of the mean of ``values`` (None, None with fewer than 2 values or no spread)."""
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.size < 2:
+    """Percentile-bootstrap CI of the mean of ``values`` (None, None with fewer than 2 values)."""
+    if len(values) < 2:
         return None, None
-    if np.all(arr == arr[0]):
-        return float(arr[0]), float(arr[0])
-    from scipy.stats import bootstrap
-
-    res = bootstrap((arr,), np.mean, confidence_level=level, n_resamples=n_boot, method="percentile",
-                    random_state=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    ci = bootstrap_ci(values, n_boot=n_boot, seed=seed, level=level)
+    return ci.lo, ci.hi
 
 
 def paired_ratio_ci(num: Sequence[float], den: Sequence[float], *, level: float = 0.95, seed: int = 0,
                     n_boot: int = 2000) -> tuple[float | None, float | None]:
     """Percentile-bootstrap CI of ``mean(num) / mean(den)`` resampling the pairs together."""
-    a, b = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
-    if a.size < 2 or a.size != b.size:
+    if len(num) < 2 or len(num) != len(den):
         return None, None
-    from scipy.stats import bootstrap
-
-    res = bootstrap((a, b), lambda x, y: np.mean(x) / np.mean(y), paired=True, vectorized=False,
-                    confidence_level=level, n_resamples=n_boot, method="percentile",
-                    random_state=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    ci = paired_bootstrap_ci(num, den, lambda x, y: float(x.mean() / y.mean()), n_boot=n_boot, seed=seed, level=level)
+    return ci.lo, ci.hi

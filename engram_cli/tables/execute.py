@@ -21,6 +21,7 @@ from typing import Callable
 from engram_cli.errors import UsageError, VerificationError
 from engram_cli.fsutil import atomic_path
 from engram_cli.jsonio import to_json_text
+from engram_cli.layout.store import save_layout
 from engram_cli.progress import ProgressCallback
 from engram_cli.tables.blocks import stream_tensor
 from engram_cli.tables.checksums import checksum_algorithm, file_digest
@@ -129,7 +130,7 @@ def _write_side_files(plan: ShardPlan, staging: Path, algo: str) -> list[SideFil
     for r in plan.rewrites:
         out.append(SideFile(r.name, "rewrite", *write_small(staging / r.name, r.content, algo), algo))
     if plan.layout_files is not None:
-        plan.layout_files.layout.save(staging)
+        save_layout(plan.layout_files.layout, staging)
         for name in plan.layout_files.names:
             p = staging / name
             out.append(SideFile(name, "layout", p.stat().st_size, file_digest(p, algorithm=algo), algo))

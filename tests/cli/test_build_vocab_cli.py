@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-
 from engram_cli.layout import load_layout
 
 

@@ -5,11 +5,13 @@ import json
 import numpy as np
 import pytest
 
+from engram_cli.layout.store import save_layout
+
 
 @pytest.fixture(scope="module")
 def layout_dir(tmp_path_factory, v41_layout):
     d = tmp_path_factory.mktemp("layout")
-    v41_layout.save(d)
+    save_layout(v41_layout, d)
     return d
 
 

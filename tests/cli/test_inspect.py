@@ -15,6 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tables_helpers import make_v41_checkpoint  # noqa: E402
 
+from engram_cli.layout.store import save_layout
+
 DEMO = Path(__file__).resolve().parents[2] / "engram_cli" / "data" / "demo-model"
 
 
@@ -131,7 +133,7 @@ def test_layout_folder_and_inconsistent_gguf(cli, v41, tmp_path):
     from engram_cli.tables.gguf_read import read_gguf
 
     root, lay = v41
-    lay.save(tmp_path / "lay")
+    save_layout(lay, tmp_path / "lay")
     doc = inspect(cli, tmp_path / "lay")
     assert doc["format"] == "layout" and doc["tables"] == [] and doc["consistent"] is True
     assert {e["loads"] for e in doc["engines"]} == {"n/a"}
@@ -177,9 +179,9 @@ def test_truncated_files_are_one_line_errors(cli, v41, tmp_path):
 
 @pytest.mark.parametrize("dialect", ["mini", "pointer", "bound", "legacy"])
 def test_read_only_dialects(cli, tmp_path, dialect):
-    from tests.unit.test_gguf_dialects import build, raw_rows
-
     from tables_helpers import small_layout
+
+    from tests.unit.test_gguf_dialects import build, raw_rows
 
     lay = small_layout()
     path = build(dialect, tmp_path, lay, raw_rows(lay))

@@ -33,13 +33,25 @@ def test_demo_model_loads_and_roundtrips(tmp_path):
 
 def test_bundled_suites_present():
     names = {p.stem for p in demo_suites_dir().glob("*.jsonl")}
-    assert {"capitals_mc", "capitals_qa", "currency_mc", "reading_mc", "reading_mc_hard", "reading_gen", "wiki_ppl"} <= names
+    assert {"capitals_mc", "capitals_qa", "currency_mc", "reading_mc", "reading_mc_hard", "reading_gen", "wiki_ppl",
+            "wiki_train_ppl"} <= names
+    from engram_cli.analysis.tasks import resolve_tasks
+
+    tasks = {t.name: t for t in resolve_tasks(None, demo_suites_dir())}
+    assert tasks["capitals_mc"].span_fields == ["subject_span"] and tasks["reading_mc"].span_fields == ["context_span"]
+    assert (tasks["wiki_ppl"].text_split, tasks["wiki_train_ppl"].text_split) == ("heldout", "train")
+    v2 = demo_suites_dir().parent / "suites-v2"
+    assert {t.name for t in resolve_tasks([str(v2)], demo_suites_dir())} >= {"reading_entity_mc", "reading_entity_gen",
+                                                                             "capitals_mc_heldout", "wiki_train_ppl"}
 
 
 def test_ablate_demo_defaults_limited(tmp_path):
     r = CliRunner().invoke(app, ["ablate", "--limit", "12", "--device", "cpu", "--json", "-o", str(tmp_path / "o")])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
-    assert doc["family"] == "engram-reference" and len(doc["tasks"]) == 7
-    assert {"factual", "reading"} <= set(doc["categories"])
+    assert doc["family"] == "engram-reference" and len(doc["tasks"]) == 8
+    assert {"factual", "reading"} <= set(doc["categories_all"])
+    by = {t["task"]: t for t in doc["tasks"]}
+    assert by["reading_mc"]["controls"][0]["span"] == "context" and by["capitals_mc"]["controls"][0]["span"] == "subject"
+    assert [m["text_split"] for m in doc["memorisation"]] == ["train", "heldout"]
     assert (tmp_path / "o" / "retention.png").is_file()

@@ -129,6 +129,51 @@ def test_run_ablation_report(tmp_path):
     assert all(not m._forward_hooks for m in model.modules())
 
 
+def test_run_ablation_controls_capacity_and_rollups(tmp_path):
+    """Span controls feed the measured floor; capacity gives one condition per K; roll-ups with and without."""
+    from models_helpers import write_suite
+
+    from engram_cli.analysis.ablation import run_ablation
+    from engram_cli.analysis.evaluator import Evaluator
+    from engram_cli.analysis.tasks import load_task
+    from engram_cli.models.loading import load_text_tokenizer
+
+    tiny_tokenizer(tmp_path / "tok")
+    tok = load_text_tokenizer(tmp_path / "tok", eos_id=0)
+    model = tiny_reference_model(vocab_size=80)
+    view = view_for(model)
+    caps = [("france", "paris"), ("italy", "rome"), ("germany", "berlin"), ("spain", "madrid")]
+    items = []
+    for i, (c, x) in enumerate(caps):
+        ctx = f"passage : the capital of {c} is {x} . question : the capital of {c} is"
+        items.append({"context": ctx, "choices": [f" {y}" for _, y in caps], "gold": i,
+                      "context_span": [10, ctx.index(" question")]})
+    read = load_task(write_suite(tmp_path / "read.jsonl", {"task": "read", "category": "reading",
+                                                           "output_type": "multiple_choice"}, items))
+    ppl = [load_task(write_suite(tmp_path / f"{s}.jsonl", {"task": s, "output_type": "loglikelihood_rolling", "text_split": s},
+                                 [{"text": "the capital of france is paris . the river is blue"}])) for s in ("train", "heldout")]
+    ev = Evaluator(view, tok, batch_size=3)
+    rep = run_ablation(view, ev, [read] + ppl, mode="zero")
+    r = rep.tasks[0]
+    assert r.controls and r.controls[0].span == "context" and r.floor == r.controls[0].removed
+    assert r.floor_span == "context" and r.controls[0].n_mismatched == 4
+    assert [m.text_split for m in rep.memorisation] == ["train", "heldout"]
+    assert set(rep.categories_all) >= set(rep.categories)
+    off = run_ablation(view, ev, [read], mode="zero", controls=False)
+    assert off.tasks[0].controls == [] and off.tasks[0].floor is None
+    assert off.tasks[0].ablated == r.ablated and off.tasks[0].baseline == r.baseline
+    cap = run_ablation(view, ev, [read], mode="capacity", rows=[1, 100000], controls=False)
+    assert [p.rows for p in cap.dose_response] == [1, 100000] and cap.tasks is cap.dose_response[0].tasks
+    big = cap.dose_response[1].tasks[0]
+    assert big.baseline == big.ablated and big.kl_mean == pytest.approx(0.0, abs=1e-9)
+    assert sorted(cap.head_rows) == [1, 2]
+    with pytest.raises(UsageError):
+        run_ablation(view, ev, [read], mode="capacity")
+    with pytest.raises(UsageError):
+        run_ablation(view, ev, [read], mode="zero", rows=[4])
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
 def test_paired_bootstrap():
     from engram_cli.analysis.stats import paired_bootstrap_ci
 

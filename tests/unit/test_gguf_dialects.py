@@ -17,6 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tables_helpers import make_v41_checkpoint, random_fp8, random_scales, read_tables, run_shard, small_layout, write_sharded  # noqa: E402
 
+from engram_cli.layout.store import save_layout
+
 T = gguf.GGUFValueType
 P = "deepseek41.engram."
 
@@ -294,7 +296,7 @@ def _small_wkv_checkpoint(root: Path):
     root.mkdir(parents=True)
     write_sharded(root, t, {"model.safetensors": sorted(t)})
     (root / "config.json").write_text(json.dumps({"architectures": ["Test"]}))
-    lay.save(root)
+    save_layout(lay, root)
     return root, lay
 
 

@@ -17,6 +17,7 @@ import pytest
 from benchmarks.straightforward_hash import naive_hash_one, straightforward_hash
 from engram_cli.errors import UsageError
 from engram_cli.layout import EngramLayout, hashing
+from engram_cli.layout.store import save_layout
 
 I64_MAX = 2**63 - 1
 
@@ -264,7 +265,7 @@ def test_cli_id_dtype(cli, tmp_path):
     b = json.loads(cli("hash", "--ids", "1,2,3,4,5", "--json", "--id-dtype", "int32").stdout)
     assert a == b
     big = dataclasses.replace(_layout(base=1000, n=2, heads=1, layers=(1,)), num_embeddings=(2**31 + 1,))
-    big.save(tmp_path / "big")
+    save_layout(big, tmp_path / "big")
     res = cli("hash", "--ids", "1,2", "--layout", str(tmp_path / "big"), "--id-dtype", "int32", "--json")
     assert res.exit_code == 2 and "int32 cannot hold" in res.output and not res.stdout.startswith("{")
     assert cli("hash", "--ids", "1,2", "--layout", str(tmp_path / "big"), "--json").exit_code == 0

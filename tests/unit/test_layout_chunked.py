@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from engram_cli.layout.chunked import hash_in_chunks
+from engram_cli.layout.store import save_layout
 
 
 def _whole_vs_chunks(layout, raw, chunk, **kw):
@@ -42,7 +43,7 @@ def test_hash_json_is_streamed_in_chunks_and_equal(cli, v41_layout, tmp_path, mo
 
     import engram_cli.cli.hash_cmd as hash_cmd
 
-    v41_layout.save(tmp_path / "lay")
+    save_layout(v41_layout, tmp_path / "lay")
     raw = np.random.default_rng(3).integers(0, 129280, size=50).tolist()
     monkeypatch.setattr(hash_cmd, "CHUNK_TOKENS", 7)
     res = cli("hash", "--ids", ",".join(map(str, raw)), "--layout", str(tmp_path / "lay"), "--seq-start", "9",

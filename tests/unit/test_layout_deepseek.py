@@ -5,8 +5,9 @@ import pytest
 
 from benchmarks.straightforward_hash import naive_hash_one, straightforward_hash
 from engram_cli.errors import BadInputError, LayoutMismatchError, UsageError
-from engram_cli.layout import EngramLayout, PRESETS, layout_from_config, layout_from_preset, load_layout
+from engram_cli.layout import PRESETS, EngramLayout, layout_from_config, layout_from_preset, load_layout
 from engram_cli.layout.config import validate_layout
+from engram_cli.layout.store import save_layout
 
 
 def test_bundled_tokenizer_compresses_to_published_size(deepseek_token_map):
@@ -179,7 +180,7 @@ def test_compress_with_token_map_and_out_of_range(deepseek_token_map):
 @pytest.mark.parametrize("fmt", ["safetensors", "npy", "json"])
 def test_save_and_load_round_trip(tmp_path, deepseek_token_map, fmt):
     lay = layout_from_preset("deepseek-v4.1-flash", deepseek_token_map)
-    files = lay.save(tmp_path, token_map_format=fmt)
+    files = save_layout(lay, tmp_path, token_map_format=fmt)
     assert files[-1] == "engram_layout.json"
     back = load_layout(tmp_path)
     assert back == lay

@@ -109,6 +109,10 @@ class ReadingItem:
     def prompt(self) -> str:
         return f"Passage: {self.passage}\nComplete from the passage: {self.prefix}"
 
+    def passage_span(self) -> list[int]:
+        """``context_span`` of the passage in :meth:`prompt`."""
+        return [len("Passage: "), len("Passage: ") + len(self.passage)]
+
     def text(self) -> str:
         return f"{self.prompt()} {self.answer}{self.punct}"
 
@@ -167,7 +171,7 @@ def fact_documents(countries: list[Country], rng: random.Random, per_doc: int = 
     return ["\n".join(sents[i:i + per_doc]) for i in range(0, len(sents), per_doc)]
 
 
-def _in_prompt(country: Country, value: str) -> bool:
+def answer_in_prompt(country: Country, value: str) -> bool:
     a, b = country.name.lower(), value.lower()
     return a[:5] in b or b[:5] in a
 
@@ -218,13 +222,13 @@ def build_suites(corpus: DemoCorpus, n_reading: int = 200, n_ppl: int = 60) -> d
     """The bundled suites: ``{name: {"header": {...}, "items": [...]}}`` (see docs/ablate.md)."""
     rng = random.Random(SEED + 1)
     suites: dict[str, dict] = {}
-    caps = [c for c in corpus.countries if c.capital and not _in_prompt(c, c.capital)]
+    caps = [c for c in corpus.countries if c.capital and not answer_in_prompt(c, c.capital)]
     cap_pool = [c.capital for c in corpus.countries if c.capital]
     items = []
     for c in caps:
         choices, gold = _mc_options(c.capital, cap_pool, rng)
         items.append({"id": f"capital/{c.name}", "context": f"The capital of {c.name} is",
-                      "choices": [f" {x}." for x in choices], "gold": gold})
+                      "choices": [f" {x}." for x in choices], "gold": gold, "subject_span": _subject(f"The capital of {c.name} is", c.name)})
     suites["capitals_mc"] = {"header": {
         "task": "capitals_mc", "category": "factual", "output_type": "multiple_choice",
         "description": "closed-book: 'The capital of X is' + 4 capitals (countryinfo)"}, "items": items}
@@ -234,14 +238,16 @@ def build_suites(corpus: DemoCorpus, n_reading: int = 200, n_ppl: int = 60) -> d
         "description": "closed-book QA, greedy + exact match (countryinfo)"},
         "items": [{"id": f"capital-qa/{c.name}",
                    "context": f"Question: What is the capital of {c.name}?\nAnswer:",
-                   "answers": [c.capital]} for c in caps]}
+                   "answers": [c.capital], "subject_span": _subject(f"Question: What is the capital of {c.name}?", c.name)}
+                  for c in caps]}
     curs = [c for c in corpus.countries if c.currency]
     cur_pool = [c.currency for c in corpus.countries if c.currency]
     items = []
     for c in curs:
         choices, gold = _mc_options(c.currency, cur_pool, rng)
         items.append({"id": f"currency/{c.name}", "context": f"The currency code of {c.name} is",
-                      "choices": [f" {x}." for x in choices], "gold": gold})
+                      "choices": [f" {x}." for x in choices], "gold": gold,
+                      "subject_span": _subject(f"The currency code of {c.name} is", c.name)})
     suites["currency_mc"] = {"header": {
         "task": "currency_mc", "category": "factual", "output_type": "multiple_choice",
         "description": "closed-book: ISO currency code of a country, 4 choices (countryinfo)"}, "items": items}
@@ -261,15 +267,16 @@ def build_suites(corpus: DemoCorpus, n_reading: int = 200, n_ppl: int = 60) -> d
         rng_i = random.Random(SEED + 10 + i)
         choices = it.distractors[:3] + [it.answer]
         rng_i.shuffle(choices)
+        span = it.passage_span()
         mc_hard.append({"id": f"reading-hard/{i}", "context": it.prompt(), "choices": [f" {x}" for x in choices],
-                        "gold": choices.index(it.answer)})
+                        "gold": choices.index(it.answer), "context_span": span})
         outside = [w for w in answer_pool
                    if w != it.answer and not re.search(rf"\b{re.escape(w)}\b", it.passage)]
         choices = rng_i.sample(outside, 3) + [it.answer]
         rng_i.shuffle(choices)
         mc.append({"id": f"reading/{i}", "context": it.prompt(), "choices": [f" {x}" for x in choices],
-                   "gold": choices.index(it.answer)})
-        gen.append({"id": f"reading-gen/{i}", "context": it.prompt(), "answers": [it.answer]})
+                   "gold": choices.index(it.answer), "context_span": span})
+        gen.append({"id": f"reading-gen/{i}", "context": it.prompt(), "answers": [it.answer], "context_span": span})
     suites["reading_mc"] = {"header": {
         "task": "reading_mc", "category": "reading", "output_type": "multiple_choice",
         "description": "held-out Wikipedia passage + a sentence prefix; which word comes next "
@@ -291,9 +298,26 @@ def build_suites(corpus: DemoCorpus, n_reading: int = 200, n_ppl: int = 60) -> d
     random.Random(SEED + 4).shuffle(chunks)
     suites["wiki_ppl"] = {"header": {
         "task": "wiki_ppl", "category": "other", "output_type": "loglikelihood_rolling",
-        "description": "held-out Wikipedia paragraphs (first 600 chars), perplexity"},
+        "description": "held-out Wikipedia paragraphs (first 600 chars), perplexity", "text_split": "heldout"},
         "items": [{"id": f"ppl/{i}", "text": t} for i, t in enumerate(chunks[:n_ppl])]}
+    suites["wiki_train_ppl"] = train_text_suite(corpus, n_ppl)
     return suites
+
+
+def _subject(context: str, name: str) -> list[int]:
+    """``subject_span`` of ``name`` in ``context``, with the space before it (removal leaves one space)."""
+    start = context.index(" " + name)
+    return [start, start + 1 + len(name)]
+
+
+def train_text_suite(corpus: DemoCorpus, n: int = 60) -> dict:
+    """The memorisation control: paragraphs the model WAS trained on, cut like ``wiki_ppl``."""
+    chunks = [p[:600] for p in corpus.train_wiki_paragraphs() if len(p) >= 300]
+    random.Random(SEED + 5).shuffle(chunks)
+    return {"header": {"task": "wiki_train_ppl", "category": "other", "output_type": "loglikelihood_rolling",
+                       "description": "training-set Wikipedia paragraphs (first 600 chars; seen in training), perplexity",
+                       "text_split": "train"},
+            "items": [{"id": f"train-ppl/{i}", "text": t} for i, t in enumerate(chunks[:n])]}
 
 
 def write_suites(suites: dict[str, dict], out_dir: Path) -> list[Path]:

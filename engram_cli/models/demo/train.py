@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engram_cli.models.demo.corpus import (
-    EOS, FACT_TEMPLATES, SEED, DemoCorpus, build_corpus, build_suites, reading_items, write_suites)
+from engram_cli.layout.store import save_layout
+from engram_cli.models.demo.corpus import EOS, FACT_TEMPLATES, SEED, DemoCorpus, build_corpus, build_suites, reading_items, write_suites
 
 
 @dataclass
@@ -224,7 +224,7 @@ def save_demo_model(model, lay, tok_dir: Path, out_dir: Path, cfg: DemoTrainConf
     Tokenizer.from_file(str(tok_dir / "tokenizer.json")).save(str(out_dir / "tokenizer.json"), pretty=False)
     shutil.copy(tok_dir / "tokenizer_config.json", out_dir / "tokenizer_config.json")
     shutil.rmtree(tok_dir, ignore_errors=True)
-    lay.save(out_dir)
+    save_layout(lay, out_dir)
     meta = {"train_config": cfg.__dict__ | {"engram_layers": list(cfg.engram_layers)},
             "tokenizer": "GPT-2 byte-level BPE (openai-whisper==20250625 whisper/assets/gpt2.tiktoken)",
             "command": "nice python -m engram_cli.models.demo.train -o engram_cli/data/demo-model "
