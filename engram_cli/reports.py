@@ -9,7 +9,6 @@ in a second, not after minutes of scoring.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -63,8 +62,8 @@ def check_output_dir(path: str | os.PathLike[str] | None, force: bool) -> None:
 
 
 def write_report(out_dir: str | os.PathLike[str], *, force: bool, documents: Mapping[str, dict[str, Any]],
-                 figures: Mapping[str, "Figure"] | None = None,
-                 arrays: Mapping[str, Mapping[str, "np.ndarray"]] | None = None) -> list[Path]:
+                 figures: Mapping[str, Figure] | None = None,
+                 arrays: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> list[Path]:
     """Write ``<name>.json``, ``<name>.png`` and ``<name>.npz`` into ``out_dir`` atomically."""
     from engram_cli.jsonio import to_json_text
 
@@ -89,15 +88,10 @@ def write_report(out_dir: str | os.PathLike[str], *, force: bool, documents: Map
     return written
 
 
-def _close(fig: "Figure") -> None:
+def _close(fig: Figure) -> None:
     try:
         import matplotlib.pyplot as plt
 
         plt.close(fig)
     except Exception:  # noqa: BLE001 - a figure not managed by pyplot needs no closing
         pass
-
-
-def load_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON document written by :func:`write_report` (tests, tools)."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))

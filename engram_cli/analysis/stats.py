@@ -28,10 +28,6 @@ class CI:
     def to_list(self) -> list[float | None]:
         return [self.lo, self.hi]
 
-    @property
-    def defined(self) -> bool:
-        return self.lo is not None and self.hi is not None
-
 
 def bootstrap_indices(n: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
     """``[n_boot, n]`` unit indices drawn with replacement (deterministic for a seed)."""

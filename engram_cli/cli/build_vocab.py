@@ -42,7 +42,9 @@ def build_vocab(
 ) -> None:
     """Build the compressed-vocabulary map and the Engram hash layout from a tokenizer.
 
-    Writes engram_layout.json and token_map.safetensors (int32 raw -> compressed id) with -o, and validates the result against the config's declared sizes (exit 3 on a mismatch).
+    With -o writes engram_layout.json and token_map.safetensors (int32 raw -> compressed id).
+
+    The result is validated against the config's declared sizes (exit 3 on a mismatch).
     """
     from engram_cli.fsutil import atomic_dir
     from engram_cli.layout.store import save_layout

@@ -72,7 +72,9 @@ def hash_command(
 ) -> None:
     """Hash tokens: per token its compressed id and, per Engram layer, each (order, head) row id.
 
-    Text is tokenised with the tokenizer the layout was built from (exit 3 when it cannot be found). Use it to check an engine's ids against ours; --json output is the stable contract engram.hash/1 (id arrays shaped tokens x layers x columns).
+    Text is tokenised with the tokenizer the layout was built from (exit 3 when it cannot be found).
+
+    Compare an engine's ids with ours; --json is the stable contract engram.hash/1 (ids shaped tokens x layers x columns).
     """
     import numpy as np
 

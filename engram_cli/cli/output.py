@@ -14,7 +14,7 @@ import errno
 import os
 import sys
 import traceback
-from typing import Annotated, Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator
 
 import typer
 from rich.console import Console
@@ -22,12 +22,6 @@ from rich.markup import escape as _rich_escape
 
 from engram_cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EngramError
 from engram_cli.jsonio import to_json_text
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log lines on stderr.")]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
 
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x20), *range(0x7F, 0xA0)) if c not in (0x09,)}
 PIPE_WIDTH = 10_000  # stdout that is not a terminal: never wrap or truncate data
@@ -158,8 +152,3 @@ def exit_for(exc: BaseException) -> typer.Exit:
     msg = str(exc).splitlines()[0] if str(exc) else ""
     return fail(f"unexpected {type(exc).__name__}: {msg}",
                 "set ENGRAM_DEBUG=1 to see the traceback, and please report it", EXIT_FAILURE)
-
-
-def handle_errors(func: F) -> F:
-    """Deprecated: errors are mapped once, at the root command group (``cli/app.py``)."""
-    return func

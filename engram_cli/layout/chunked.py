@@ -19,9 +19,9 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_CHUNK = 1 << 16
 
 
-def hash_in_chunks(layout: "EngramLayout", raw: np.ndarray, *, seq_starts: Iterable[int] | None = None,
+def hash_in_chunks(layout: EngramLayout, raw: np.ndarray, *, seq_starts: Iterable[int] | None = None,
                    dead_mask: np.ndarray | None = None, chunk: int = DEFAULT_CHUNK,
-                   **hash_kwargs) -> Iterator[tuple[int, "HashIds"]]:
+                   **hash_kwargs) -> Iterator[tuple[int, HashIds]]:
     """Yield ``(start, ids)`` for consecutive chunks of the 1-D stream ``raw``; ``ids`` (shaped
     as for 1-D input: ``compressed [tokens]``, ``global_ [tokens, layers, columns]``) covers
     positions ``start .. start + len(ids.compressed)``."""
@@ -38,7 +38,7 @@ def hash_in_chunks(layout: "EngramLayout", raw: np.ndarray, *, seq_starts: Itera
         yield a, _drop_context(ids, a - w0)
 
 
-def _drop_context(ids: "HashIds", k: int) -> "HashIds":
+def _drop_context(ids: HashIds, k: int) -> HashIds:
     if k == 0:
         return ids
     from dataclasses import replace

@@ -285,7 +285,7 @@ class EngramLayout:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], token_map: np.ndarray | None = None) -> "EngramLayout":
+    def from_dict(cls, d: dict[str, Any], token_map: np.ndarray | None = None) -> EngramLayout:
         try:
             layers = d["layers"]
             ids = tuple(int(x["layer_id"]) for x in layers)
@@ -337,7 +337,7 @@ class EngramLayout:
         table_dtype: str | None = None,
         tokenizer: dict[str, Any] | None = None,
         layer_numbering: str = "deepseek",
-    ) -> "EngramLayout":
+    ) -> EngramLayout:
         """A DeepSeek-style layout (distinct primes, PCG64 multipliers) from explicit numbers.
 
         ``layer_numbering``: ``deepseek`` (0-based decoder ids everywhere) or ``megatron``

@@ -38,11 +38,11 @@ class TokenMapNeed(str, Enum):
 class ResolvedLayout:
     """A layout and where it came from (``layout`` is None when nothing gave one)."""
 
-    layout: "EngramLayout | None"
+    layout: EngramLayout | None
     source: str  # "layout DIR", "config FILE", "preset NAME", "checkpoint DIR", or ""
     tokenizer_path: str | None = None  # the tokenizer the token map was built from
-    token_map: "TokenMap | None" = field(default=None, compare=False)
-    tokenizer: "Tokenizer | None" = field(default=None, compare=False)
+    token_map: TokenMap | None = field(default=None, compare=False)
+    tokenizer: Tokenizer | None = field(default=None, compare=False)
     checks: tuple[dict[str, Any], ...] = ()  # validation against the config's declared sizes
 
 
@@ -156,7 +156,7 @@ def _has_engram_fields(cfg: dict) -> bool:
     return True
 
 
-def layout_tokenizer(resolved: ResolvedLayout, explicit: str | Path | None = None) -> "Tokenizer":
+def layout_tokenizer(resolved: ResolvedLayout, explicit: str | Path | None = None) -> Tokenizer:
     """The tokenizer text must be encoded with for ``resolved``: ``explicit``, else the one the
     layout was built from (its recorded path, a ``tokenizer.json`` beside the layout, or the
     bundled one) when its fingerprint matches; exit 3 when none can be found."""

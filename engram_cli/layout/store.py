@@ -19,7 +19,7 @@ LAYOUT_FILE = "engram_layout.json"
 TOKEN_MAP_FILES = {"safetensors": "token_map.safetensors", "npy": "token_map.npy", "json": "token_map.json"}
 
 
-def save_layout(layout: "EngramLayout", directory: str | Path, token_map_format: str = "safetensors") -> list[str]:
+def save_layout(layout: EngramLayout, directory: str | Path, token_map_format: str = "safetensors") -> list[str]:
     """Write the token map, then ``engram_layout.json`` (each atomically). Returns file names."""
     if token_map_format not in TOKEN_MAP_FILES:
         raise BadInputError(f"unknown token map format {token_map_format!r}", hint="safetensors, npy or json")
@@ -50,7 +50,7 @@ def save_layout(layout: "EngramLayout", directory: str | Path, token_map_format:
     return written
 
 
-def load_layout(path: str | Path) -> "EngramLayout":
+def load_layout(path: str | Path) -> EngramLayout:
     """Load a layout directory (or its ``engram_layout.json``) saved by :func:`save_layout`."""
     from engram_cli.layout.layout import EngramLayout
 

@@ -54,7 +54,7 @@ def resolve_tokenizer_file(path: str | Path | None) -> Path:
     return p
 
 
-def load_tokenizer(path: str | Path | None = None) -> "Tokenizer":
+def load_tokenizer(path: str | Path | None = None) -> Tokenizer:
     """Load a HF ``tokenizers.Tokenizer`` from a file/directory, or the bundled DeepSeek one."""
     from tokenizers import Tokenizer
 
@@ -66,7 +66,7 @@ def load_tokenizer(path: str | Path | None = None) -> "Tokenizer":
         raise BadInputError(f"{file} is not a tokenizer.json: {first}") from None
 
 
-def tokenizer_fingerprint(tokenizer: "Tokenizer", text: str | None = None) -> str:
+def tokenizer_fingerprint(tokenizer: Tokenizer, text: str | None = None) -> str:
     """sha256 (first 16 hex digits) of the tokenizer's canonical JSON (``text`` if given)."""
     text = tokenizer.to_str() if text is None else text
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
@@ -128,7 +128,7 @@ class TokenMap:
         """How many compressed ids stand for more than one raw id."""
         return int((self.class_sizes() > 1).sum())
 
-    def largest_classes(self, tokenizer: "Tokenizer | None" = None, top: int = 10, examples: int = 8) -> list[MergeClass]:
+    def largest_classes(self, tokenizer: Tokenizer | None = None, top: int = 10, examples: int = 8) -> list[MergeClass]:
         sizes = self.class_sizes()
         order = np.argsort(-sizes, kind="stable")[:top]
         out = []
@@ -156,7 +156,7 @@ def pad_token_map(lookup: np.ndarray, vocab_size: int | None, raw_pad: int,
     return out, {**(info or {}), "padded_vocab": note}
 
 
-def build_token_map(tokenizer: "Tokenizer") -> TokenMap:
+def build_token_map(tokenizer: Tokenizer) -> TokenMap:
     """Compress a tokenizer's vocabulary with the DeepSeek normaliser chain."""
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     ids = [[i] for i in range(vocab_size)]
@@ -182,7 +182,7 @@ def build_token_map(tokenizer: "Tokenizer") -> TokenMap:
     return TokenMap(lookup=lookup, keys=tuple(keys), fingerprint=tokenizer_fingerprint(tokenizer))
 
 
-def tokenizer_summary(tokenizer: "Tokenizer") -> dict[str, Any]:
+def tokenizer_summary(tokenizer: Tokenizer) -> dict[str, Any]:
     """Small, JSON-able description of a tokenizer for layout files."""
     text = tokenizer.to_str()
     return {

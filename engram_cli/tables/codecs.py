@@ -148,7 +148,7 @@ def e4m3_values() -> np.ndarray:
     return v
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def e4m3_e8m0_lut(out_dtype: str) -> np.ndarray:
     """Exact output bits of ``e4m3(code) * e8m0(scale)`` for index ``(scale << 8) | code``.
 

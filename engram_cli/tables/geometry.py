@@ -7,7 +7,6 @@ or rows == the padded size for Qwen4-Exp).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from engram_cli.errors import LayoutMismatchError
@@ -38,28 +37,6 @@ def geometries_from_layout(layout: Any, tables: tuple[TableInfo, ...]) -> tuple[
             )
         out.append(Geometry(t.layer_id, primes, t.rows))
     return tuple(out)
-
-
-def load_layout_option(layout_dir: str | None = None, config: str | None = None, preset: str | None = None,
-                       source_dir: Path | None = None) -> Any | None:
-    """An explicit layout (--layout/--config/--preset), else one found beside the source, else None."""
-    from engram_cli import layout as L
-
-    if layout_dir:
-        return L.load_layout(layout_dir)
-    if config:
-        return L.layout_from_config(config)
-    if preset:
-        return L.layout_from_preset(preset)
-    if source_dir is not None and source_dir.is_dir():
-        if (source_dir / "engram_layout.json").is_file():
-            return L.load_layout(source_dir)
-        if (source_dir / "config.json").is_file():
-            try:
-                return L.layout_from_config(str(source_dir / "config.json"))
-            except Exception:  # noqa: BLE001 - a config without Engram fields: no geometry
-                return None
-    return None
 
 
 def resolve(tables: tuple[TableInfo, ...], known: tuple[Geometry, ...], layout: Any | None) -> tuple[Geometry, ...]:

@@ -54,7 +54,7 @@ class Encoding:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Encoding":
+    def from_dict(cls, d: dict) -> Encoding:
         return cls(d["weight_dtype"], d.get("scale_dtype"), int(d.get("group", 32)), int(d.get("pack", 1)))
 
 
@@ -105,7 +105,7 @@ class GlobalScale:
                 "value": self.value}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GlobalScale":
+    def from_dict(cls, d: dict) -> GlobalScale:
         return cls(d["dtype"], tuple(d.get("shape", ())), bytes.fromhex(d["hex"]), d.get("name", "weight_scale_2"))
 
 

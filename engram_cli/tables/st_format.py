@@ -184,8 +184,3 @@ def build_header(tensors: list[TensorSpec], metadata: dict[str, str] | None = No
     raw += b" " * ((-len(raw)) % 8)
     head = struct.pack("<Q", len(raw)) + raw
     return head, [len(head) + r for r in rel]
-
-
-def file_size_for(tensors: list[TensorSpec], metadata: dict[str, str] | None = None) -> int:
-    head, _ = build_header(tensors, metadata)
-    return len(head) + sum(t.nbytes for t in tensors)

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tables_helpers import make_v41_checkpoint, random_fp8, random_scales, read_tables, run_shard, small_layout, write_sharded  # noqa: E402
 
-from engram_cli.layout.store import save_layout
+from engram_cli.layout.store import save_layout  # noqa: E402
 
 T = gguf.GGUFValueType
 P = "deepseek41.engram."
