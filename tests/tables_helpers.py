@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from engram_cli.layout import EngramLayout
+from engram_cli.layout.store import save_layout as write_layout
 
 
 def small_layout(vocab_base: int = 300, layer_ids=(1, 14), with_token_map: bool = True) -> EngramLayout:
@@ -85,7 +86,7 @@ def make_v41_checkpoint(root: Path, *, vocab_base: int = 300, seed: int = 0, sca
     write_sharded(root, t, shards)
     (root / "config.json").write_text(json.dumps({"architectures": ["Test"], "note": "synthetic"}))
     if save_layout:
-        save_layout(lay, root)
+        write_layout(lay, root)
     return root, lay
 
 

@@ -119,7 +119,8 @@ def token_metrics(lp: Any, lf: Any, pf: Any, top_f: Any, gold: Any) -> Any:
     zero = lp.new_zeros(())
     ce = torch.where(has, -at_gold[:, 0], zero)
     rank_gold = torch.where(has, 1 + (lp > at_gold).sum(-1).to(lp.dtype), zero)
-    return torch.stack([kl_fl, kl_lf, js, ent, ce, agree, rank_top, rank_gold])
+    # divergences are >= 0; rounding can leave -1e-7 where the distributions (nearly) coincide
+    return torch.stack([kl_fl.clamp_min(0), kl_lf.clamp_min(0), js.clamp_min(0), ent, ce, agree, rank_top, rank_gold])
 
 
 def reference_metrics(layer_logits: np.ndarray, final_logits: np.ndarray, gold: np.ndarray) -> np.ndarray:
@@ -276,20 +277,28 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return num.sum(0) / d if d > 0 else np.full(num.shape[1:], np.nan)
 
 
+def _ratio_ci(num: np.ndarray, den: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``stats.ratio_bootstrap_ci``; NaN (no CI) with ``n_boot == 0``."""
+    from engram_cli.analysis.stats import ratio_bootstrap_ci
+
+    if n_boot <= 0:
+        k = 1 if num.ndim == 1 else num.shape[1]
+        return np.full(k, np.nan), np.full(k, np.nan)
+    return ratio_bootstrap_ci(num, den, n_boot=n_boot, seed=seed)
+
+
 def summarise(name: str, family: str, n_layers: int, engram_layers: list[int], readouts: list[ReadOut], seq: SeqSums, *,
               bits: bool, threshold: float, n_boot: int, seed: int, final_check: float | None) -> ModelLens:
     """Means and bootstrap CIs (over sequences) of every metric per read-out."""
-    from engram_cli.analysis.stats import ratio_bootstrap_ci
-
     curves = {}
     for m, metric in enumerate(METRICS):
         den = seq.n_gold if metric in GOLD_METRICS else seq.n_tokens
         num = seq.sums[:, :, m]
-        lo, hi = ratio_bootstrap_ci(num, den, n_boot=n_boot, seed=seed)
+        lo, hi = _ratio_ci(num, den, n_boot, seed)
         k = _scale(metric, bits)
         curves[metric] = Curve(metric, _nums(_ratio(num, den) * k), _nums(lo * k), _nums(hi * k))
     conv_mean = _ratio(seq.conv_sum[:, None], seq.conv_n)
-    clo, chi = ratio_bootstrap_ci(seq.conv_sum, seq.conv_n, n_boot=n_boot, seed=seed)
+    clo, chi = _ratio_ci(seq.conv_sum, seq.conv_n, n_boot, seed)
     total = seq.n_tokens.sum()
     never = float(1 - seq.conv_n.sum() / total) if total else 0.0
     conv = Convergence(threshold, _nums(conv_mean)[0], _nums(clo)[0], _nums(chi)[0], never)
@@ -310,7 +319,7 @@ def trapezoid_weights(x: Sequence[float]) -> np.ndarray:
 
 def paired(a: ModelLens, b: ModelLens, *, bits: bool, n_boot: int, seed: int) -> Paired:
     """Delta curves A - B on the read-outs both have (same sequences and positions)."""
-    from engram_cli.analysis.stats import paired_bootstrap_ci, ratio_bootstrap_ci
+    from engram_cli.analysis.stats import paired_bootstrap_ci
 
     kb = {(r.point, r.layer): j for j, r in enumerate(b.readouts)}
     common = [(i, kb[(r.point, r.layer)]) for i, r in enumerate(a.readouts) if (r.point, r.layer) in kb]
@@ -322,8 +331,8 @@ def paired(a: ModelLens, b: ModelLens, *, bits: bool, n_boot: int, seed: int) ->
         den = a.seq.n_gold if metric in GOLD_METRICS else a.seq.n_tokens
         num = a.seq.sums[:, ia, m] - b.seq.sums[:, ib, m]
         k = _scale(metric, bits)
-        lo, hi = ratio_bootstrap_ci(num, den, n_boot=n_boot, seed=seed)
-        alo, ahi = ratio_bootstrap_ci(num @ w, den, n_boot=n_boot, seed=seed)
+        lo, hi = _ratio_ci(num, den, n_boot, seed)
+        alo, ahi = _ratio_ci(num @ w, den, n_boot, seed)
         area = _ratio((num @ w)[:, None], den)
         curves[metric] = PairedCurve(metric, labels, _nums(_ratio(num, den) * k), _nums(lo * k), _nums(hi * k),
                                      _nums(area * k)[0], _nums(alo * k)[0], _nums(ahi * k)[0])
@@ -336,6 +345,6 @@ def paired(a: ModelLens, b: ModelLens, *, bits: bool, n_boot: int, seed: int) ->
 
     units = np.arange(a.seq.conv_n.shape[0], dtype=np.float64)
     cd = conv_delta(units, units)
-    ci = paired_bootstrap_ci(units, units, conv_delta, n_boot=n_boot, seed=seed)
-    cl, ch = ci.lo, ci.hi
+    ci = paired_bootstrap_ci(units, units, conv_delta, n_boot=n_boot, seed=seed) if n_boot > 0 else None
+    cl, ch = (ci.lo, ci.hi) if ci is not None else (None, None)
     return Paired(a.name, b.name, curves, cd, cl, ch)

@@ -26,6 +26,15 @@ def _short(name: str, n: int = 48) -> str:
     return name if len(name) <= n else "…" + name[-(n - 1):]
 
 
+def _ticks(ax: Any, depths: Sequence[float], labels: Sequence[str]) -> None:
+    """One tick per depth; read-outs of the same state (block i-1 and pre-Engram i) share it."""
+    by_depth: dict[float, list[str]] = {}
+    for d, label in zip(depths, labels):
+        by_depth.setdefault(d, []).append(label)
+    ax.set_xticks(list(by_depth))
+    ax.set_xticklabels(["\n".join(v) for v in by_depth.values()], rotation=45, ha="right", fontsize=7)
+
+
 def lens_figure(result: Any, metric: str = "kl_final_layer"):
     """Per-read-out curves with 95 % CI bands for every model; the paired delta (A - B) beside them."""
     from matplotlib.figure import Figure
@@ -39,8 +48,7 @@ def lens_figure(result: Any, metric: str = "kl_final_layer"):
         xs = [r.depth for r in m.readouts]
         _band(ax, xs, c.mean, c.lo, c.hi, COLORS[k % 2], _short(m.name))
     ref = result.models[0].readouts
-    ax.set_xticks([r.depth for r in ref])
-    ax.set_xticklabels([r.label for r in ref], rotation=45, ha="right", fontsize=7)
+    _ticks(ax, [r.depth for r in ref], [r.label for r in ref])
     ax.set_xlabel("read-out (depth = decoder layers applied)")
     ax.set_ylabel(LABELS[metric] + _unit(metric, s.bits))
     ax.set_title(f"Logit lens: {LABELS[metric]} per layer (positions: {s.positions})", fontsize=9)
@@ -53,8 +61,7 @@ def lens_figure(result: Any, metric: str = "kl_final_layer"):
         ax2 = fig.add_subplot(1, 2, 2)
         _band(ax2, xs, pc.delta, pc.lo, pc.hi, "#2ca02c", "A - B (paired 95% CI)")
         ax2.axhline(0, color="black", linewidth=0.6, linestyle=":")
-        ax2.set_xticks(xs)
-        ax2.set_xticklabels(pc.labels, rotation=45, ha="right", fontsize=7)
+        _ticks(ax2, xs, pc.labels)
         area = "-" if pc.area is None else f"{pc.area:.4g}"
         ax2.set_title(f"Δ {LABELS[metric]}: A - B; area between curves {area}", fontsize=9)
         ax2.set_ylabel("Δ" + _unit(metric, s.bits))

@@ -18,11 +18,5 @@ SUBCOMMANDS = ("analyze_logit_lens", "analyze_cka")
 
 def register(app: typer.Typer) -> None:
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"engram_cli.cli.{name}")
-        except ModuleNotFoundError as exc:  # a sub-command still being written
-            if exc.name != f"engram_cli.cli.{name}":
-                raise
-            continue
-        module.register(analyze_app)
+        importlib.import_module(f"engram_cli.cli.{name}").register(analyze_app)
     app.add_typer(analyze_app, name="analyze")

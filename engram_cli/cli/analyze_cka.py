@@ -10,6 +10,9 @@ import typer
 
 from engram_cli.cli.options import (
     BatchSizeOpt,
+    BootstrapOpt,
+    BranchReduce,
+    BranchReduceOpt,
     Device,
     DeviceMapOpt,
     DeviceOpt,
@@ -17,11 +20,14 @@ from engram_cli.cli.options import (
     ForceOpt,
     JsonOpt,
     LayersPathOpt,
+    MaxLengthOpt,
     ModelArg,
     ModelDtype,
     ModelDtypeOpt,
     OutputOpt,
     QuietOpt,
+    SeedOpt,
+    SkipFirstOpt,
     ThreadsOpt,
     TokenizerOpt,
 )
@@ -66,13 +72,6 @@ class GramPath(str, Enum):
     feature = "feature"
 
 
-class BranchReduce(str, Enum):
-    model = "model"
-    mean = "mean"
-    sum = "sum"
-    first = "first"
-
-
 # The paper's choices (arXiv 2601.07372 §6.1.2): linear CKA, minibatch unbiased HSIC, final token of
 # named entities (Few-NERD there; the bundled entity spans here), top-5 soft alignment, 0-based layers.
 PRESETS = {"engram-paper": {"estimator": "minibatch-unbiased", "kernel": "linear", "positions": "entity-final", "k": 5}}
@@ -95,12 +94,10 @@ def cka(
     batch_size: Annotated[int, typer.Option("--cka-batch-size", help="Examples per CKA minibatch (>= 4).", rich_help_panel=_CKA)] = 64,
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the examples, reshuffled each time (minibatch).",
                                         rich_help_panel=_CKA)] = 1,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of batches, null-floor shuffle, bootstrap, subsample.",
-                                      rich_help_panel=_CKA)] = 0,
+    seed: SeedOpt = 0,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="k of the soft alignment index (paper: 5).",
                                                  rich_help_panel=_CKA)] = None,
-    n_boot: Annotated[Optional[int], typer.Option("--bootstrap", help="Bootstrap resamples (default 1000 minibatch, 200 full; "
-                                                  "0 = no CIs).", rich_help_panel=_CKA)] = None,
+    n_boot: BootstrapOpt = None,
     clamp_outliers: Annotated[Optional[float], typer.Option("--clamp-outliers", help="Also report CKA with each feature "
                                                             "clipped to its q / 1-q quantiles.", rich_help_panel=_CKA)] = None,
     remove_top_pcs: Annotated[Optional[int], typer.Option("--remove-top-pcs", help="Also report CKA with the top k principal "
@@ -113,15 +110,12 @@ def cka(
                                                   "bundled set).", rich_help_panel=_DATA)] = None,
     texts: Annotated[Optional[Path], typer.Option("--texts", help="Texts: JSONL with 'text' or plain lines (default: "
                                                   "bundled Wikipedia paragraphs and passages).", rich_help_panel=_DATA)] = None,
-    skip_first: Annotated[int, typer.Option("--skip-first", help="Leave out the first N tokens (all, mean-pool).",
-                                            rich_help_panel=_DATA)] = 1,
-    max_length: Annotated[int, typer.Option("--max-length", help="Tokens per text (longer texts are cut).",
-                                            rich_help_panel=_DATA)] = 256,
+    skip_first: SkipFirstOpt = 1,
+    max_length: MaxLengthOpt = 256,
     max_examples: Annotated[int, typer.Option("--max-examples", help="Seeded subsample above this many examples (0: all).",
                                               rich_help_panel=_DATA)] = 4096,
     forward_batch: BatchSizeOpt = 8,
-    branch_reduce: Annotated[BranchReduce, typer.Option("--branch-reduce", help="Hyper-connection branches -> one state: "
-                                                        "model (its own mapping), mean, sum, first.")] = BranchReduce.model,
+    branch_reduce: BranchReduceOpt = BranchReduce.model,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Keep per-layer features as .npy memmaps here.")] = None,
     tokenizer: TokenizerOpt = None,
     device: DeviceOpt = Device.auto,

@@ -10,6 +10,9 @@ import typer
 
 from engram_cli.cli.options import (
     BatchSizeOpt,
+    BootstrapOpt,
+    BranchReduce,
+    BranchReduceOpt,
     Device,
     DeviceMapOpt,
     DeviceOpt,
@@ -17,11 +20,14 @@ from engram_cli.cli.options import (
     ForceOpt,
     JsonOpt,
     LayersPathOpt,
+    MaxLengthOpt,
     ModelArg,
     ModelDtype,
     ModelDtypeOpt,
     OutputOpt,
     QuietOpt,
+    SeedOpt,
+    SkipFirstOpt,
     ThreadsOpt,
     TokenizerOpt,
 )
@@ -41,13 +47,6 @@ class Point(str, Enum):
     block = "block"
     pre_engram = "pre_engram"
     post_engram = "post_engram"
-
-
-class BranchReduce(str, Enum):
-    model = "model"
-    mean = "mean"
-    sum = "sum"
-    first = "first"
 
 
 class Positions(str, Enum):
@@ -75,8 +74,7 @@ def logit_lens(
                                                        "its Engram output zeroed.")] = None,
     points: Annotated[Optional[list[Point]], typer.Option("--points", help="Read-out points (repeatable): block (default), "
                                                           "embed, pre_engram, post_engram.", rich_help_panel=_LENS)] = None,
-    branch_reduce: Annotated[BranchReduce, typer.Option("--branch-reduce", help="Hyper-connection branches: the model's own "
-                                                        "mapping, mean, sum or first.", rich_help_panel=_LENS)] = BranchReduce.model,
+    branch_reduce: BranchReduceOpt = BranchReduce.model,
     final_norm: Annotated[bool, typer.Option("--final-norm/--no-final-norm", help="Recompute the final norm on each "
                                              "read-out (off: raw unembedding).", rich_help_panel=_LENS)] = True,
     bits: Annotated[bool, typer.Option("--bits", help="Report KL, JS, entropy and CE in bits (default nats).",
@@ -94,13 +92,12 @@ def logit_lens(
                                                   rich_help_panel=_DATA)] = None,
     positions: Annotated[Positions, typer.Option("--positions", help="all, last, answer (task items) or entity-final "
                                                  "(span file).", rich_help_panel=_DATA)] = Positions.all,
-    skip_first: Annotated[int, typer.Option("--skip-first", min=0, help="Ignore positions below N (BOS / attention sinks).",
-                                            rich_help_panel=_DATA)] = 0,
+    skip_first: SkipFirstOpt = 0,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="At most N texts per file.",
                                                  rich_help_panel=_DATA)] = None,
-    max_length: Annotated[int, typer.Option("--max-length", min=2, help="Tokens per sequence.", rich_help_panel=_DATA)] = 256,
-    n_boot: Annotated[int, typer.Option("--bootstrap", min=100, help="Bootstrap resamples (over sequences).")] = 1000,
-    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    max_length: MaxLengthOpt = 256,
+    n_boot: BootstrapOpt = None,
+    seed: SeedOpt = 0,
     output: OutputOpt = None,
     device: DeviceOpt = Device.auto,
     model_dtype: ModelDtypeOpt = ModelDtype.float32,
@@ -127,7 +124,7 @@ def logit_lens(
     settings = LensSettings(
         points=tuple(p.value for p in points) if points else ("block",), branch_reduce=branch_reduce.value,
         final_norm=final_norm, bits=bits, positions=positions.value, skip_first=skip_first, kl_threshold=kl_threshold,
-        batch_size=batch_size, max_length=max_length, n_boot=n_boot, seed=seed,
+        batch_size=batch_size, max_length=max_length, n_boot=1000 if n_boot is None else n_boot, seed=seed,
         heatmap_positions=heatmap_positions if heatmap else 0)
     req = LensRequest(model=model, model_b=model_b, compare=compare.value if compare else None, texts=texts, limit=limit,
                       device=device.value, dtype=model_dtype.value, device_map=device_map,

@@ -15,6 +15,8 @@ from typing import Annotated, Optional, TypeVar
 
 import typer
 
+from engram_cli.tables.options import TableDtype
+
 T = TypeVar("T")
 
 
@@ -31,22 +33,21 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class BranchReduce(str, Enum):
+    """How hyper-connection branches become one residual state."""
+
+    model = "model"
+    mean = "mean"
+    sum = "sum"
+    first = "first"
+
+
 class ModelDtype(str, Enum):
     """The torch dtype a model is loaded in."""
 
     float32 = "float32"
     float16 = "float16"
     bfloat16 = "bfloat16"
-
-
-class TableDtype(str, Enum):
-    """The encoding Engram table rows are written in."""
-
-    keep = "keep"
-    bf16 = "bf16"
-    fp32 = "fp32"
-    fp8_e4m3 = "fp8-e4m3"
-    int8 = "int8"
 
 
 # output -----------------------------------------------------------------------------------
@@ -84,6 +85,18 @@ LayersPathOpt = Annotated[Optional[str], typer.Option("--layers-path", help="Pat
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch (default: the cores "
                                                    "not busy now, see docs/cli.md).", rich_help_panel=_MODEL)]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per forward pass.", rich_help_panel=_MODEL)]
+
+# analyses ---------------------------------------------------------------------------------
+_DATA = "Data"
+BranchReduceOpt = Annotated[BranchReduce, typer.Option("--branch-reduce", help="Hyper-connection branches -> one state: "
+                                                       "model (its own mapping), mean, sum, first.", rich_help_panel=_MODEL)]
+MaxLengthOpt = Annotated[int, typer.Option("--max-length", min=2, help="Tokens per text (longer texts are cut).",
+                                           rich_help_panel=_DATA)]
+SkipFirstOpt = Annotated[int, typer.Option("--skip-first", min=0, help="Leave out the first N tokens of every text "
+                                           "(BOS / attention sinks).", rich_help_panel=_DATA)]
+BootstrapOpt = Annotated[Optional[int], typer.Option("--bootstrap", min=0, help="Bootstrap resamples for the CIs (0 = no CIs; "
+                                                     "default per command, see its docs).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (bootstrap and any shuffling); recorded in the provenance.")]
 
 
 def pick(value: T, alias: T | None, default: T | None = None, name: str = "") -> T:

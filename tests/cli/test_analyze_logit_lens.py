@@ -45,7 +45,7 @@ def _one_line_error(r, code: int, needle: str) -> None:
 def test_json_single_model(setup):
     root, model, _, texts = setup
     r = _run(model, "--texts", texts, "--device", "cpu", "--json", "--points", "embed", "--points", "block",
-             "--points", "post_engram", "--bootstrap", "200")
+             "--points", "post_engram", "--bootstrap", "0")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["schema"] == SCHEMA and doc["paired"] is None and doc["provenance"]["device"] == "cpu"
@@ -58,6 +58,7 @@ def test_json_single_model(setup):
     assert doc["settings"]["branch_reduce"] == "model" and doc["settings"]["units"] == "nats"
     assert doc["texts"]["n_texts"] == 12 and m["final_logits_check"] < 1e-5
     assert m["layers_to_convergence"]["never_fraction"] == 0.0
+    assert kl["ci95"][0] == [None, None] and m["layers_to_convergence"]["lo"] is None  # --bootstrap 0: no CIs
 
 
 def test_compare_ablated_outputs_and_heatmap(setup):

@@ -72,8 +72,8 @@ def test_environment_fault_message(capsys):
 
 
 def test_sigterm_is_an_interruption(tmp_path):
-    code = ("import time, engram_cli.cli.app as a, sys; sys.argv=['engram','build-vocab','--top','0'];"
-            "a.main()")
+    code = ("import sys, engram_cli.cli.entry as e; sys.argv=['engram','build-vocab','--top','0'];"
+            "e.main()")
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, stdout=subprocess.PIPE,
                             cwd=tmp_path, env={**os.environ, "ENGRAM_DEBUG": ""})
     assert b"building" in proc.stderr.readline()  # logged just before the (seconds-long) token-map build

@@ -220,6 +220,25 @@ def _mc_options(answer: str, pool: list[str], rng: random.Random, k: int = 3) ->
 
 def build_suites(corpus: DemoCorpus, n_reading: int = 200, n_ppl: int = 60) -> dict[str, dict]:
     """The bundled suites: ``{name: {"header": {...}, "items": [...]}}`` (see docs/ablate.md)."""
+    suites: dict[str, dict] = {**_factual_suites(corpus), **_reading_suites(corpus, n_reading)}
+    chunks = []
+    for _, ps in corpus.heldout_articles:
+        for p in ps:
+            if len(p) >= 300:
+                chunks.append(p[:600])
+    random.Random(SEED + 4).shuffle(chunks)
+    suites["wiki_ppl"] = {"header": {
+        "task": "wiki_ppl", "category": "other", "output_type": "loglikelihood_rolling",
+        "description": "held-out Wikipedia paragraphs (first 600 chars), perplexity", "text_split": "heldout"},
+        "items": [{"id": f"ppl/{i}", "text": t} for i, t in enumerate(chunks[:n_ppl])]}
+    suites["wiki_train_ppl"] = train_text_suite(corpus, n_ppl)
+    return suites
+
+
+
+
+def _factual_suites(corpus: DemoCorpus) -> dict[str, dict]:
+    suites: dict[str, dict] = {}
     rng = random.Random(SEED + 1)
     suites: dict[str, dict] = {}
     caps = [c for c in corpus.countries if c.capital and not answer_in_prompt(c, c.capital)]
@@ -251,7 +270,11 @@ def build_suites(corpus: DemoCorpus, n_reading: int = 200, n_ppl: int = 60) -> d
     suites["currency_mc"] = {"header": {
         "task": "currency_mc", "category": "factual", "output_type": "multiple_choice",
         "description": "closed-book: ISO currency code of a country, 4 choices (countryinfo)"}, "items": items}
+    return suites
 
+
+def _reading_suites(corpus: DemoCorpus, n_reading: int) -> dict[str, dict]:
+    suites: dict[str, dict] = {}
     paras = [p for _, ps in corpus.heldout_articles for p in ps]
     seen: set[tuple[str, str]] = set()
     ritems = []
@@ -290,17 +313,6 @@ def build_suites(corpus: DemoCorpus, n_reading: int = 200, n_ppl: int = 60) -> d
         "task": "reading_gen", "category": "reading", "output_type": "generate_until",
         "until": ["\n", ".", ",", ";"], "max_gen_toks": 8,
         "description": "held-out Wikipedia passage + a sentence prefix; greedy next word, exact match"}, "items": gen}
-    chunks = []
-    for _, ps in corpus.heldout_articles:
-        for p in ps:
-            if len(p) >= 300:
-                chunks.append(p[:600])
-    random.Random(SEED + 4).shuffle(chunks)
-    suites["wiki_ppl"] = {"header": {
-        "task": "wiki_ppl", "category": "other", "output_type": "loglikelihood_rolling",
-        "description": "held-out Wikipedia paragraphs (first 600 chars), perplexity", "text_split": "heldout"},
-        "items": [{"id": f"ppl/{i}", "text": t} for i, t in enumerate(chunks[:n_ppl])]}
-    suites["wiki_train_ppl"] = train_text_suite(corpus, n_ppl)
     return suites
 
 

@@ -48,7 +48,7 @@ class V2Config:
     vocab_size: int = 8192
     seq_len: int = 256
     batch_size: int = 16
-    steps: int = 1200
+    steps: int = 1100
     lr: float = 2e-3
     engram_lr_mult: float = 5.0
     warmup: int = 60
