@@ -110,17 +110,35 @@ def pick(value: T, alias: T | None, default: T | None = None, name: str = "") ->
     return alias
 
 
+def _busy_cores() -> int:
+    """Other threads running now: the median of a few reads of the kernel's runnable count
+    (``/proc/loadavg`` field 4, minus this process), else the 1-minute load average."""
+    import statistics
+    import time
+
+    try:
+        samples = []
+        for _ in range(5):
+            with open("/proc/loadavg", encoding="ascii") as fh:
+                samples.append(int(fh.read().split()[3].split("/")[0]) - 1)
+            time.sleep(0.02)
+        return max(0, round(statistics.median(samples)))
+    except (OSError, ValueError, IndexError):
+        try:
+            return round(os.getloadavg()[0])
+        except OSError:
+            return 0
+
+
 def default_threads() -> int:
-    """Cores not busy now: ``cpu_count - round(1-minute load)``, at least 1.
+    """Cores not busy now (``cpu_count - busy``, at least 1).
 
     Measured on a 2-core box (docs/cli.md): oversubscribing busy cores made ``engram ablate``
-    3.3x slower (333 s wall with 2 threads vs 99.5 s with 1 while another job ran)."""
+    3.3x slower (333 s wall with 2 threads vs 99.5 s with 1 while another job ran). The
+    runnable count is read now rather than from the 1-minute load average, which still counts
+    jobs that ended seconds ago."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        busy = round(os.getloadavg()[0])
-    except OSError:
-        busy = 0
-    return max(1, min(cpus, cpus - busy))
+    return max(1, min(cpus, cpus - _busy_cores()))
 
 
 def set_torch_threads(threads: int | None) -> int:

@@ -73,7 +73,7 @@ class Output:
 
     def warn(self, message: str) -> None:
         """Warnings always go to stderr, even with --json (never to stdout)."""
-        self.err.print(f"[yellow]warning:[/yellow] {message}")
+        self.err.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)  # one line, like errors
 
     # progress ------------------------------------------------------------------------
     @property
