@@ -139,6 +139,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="time each side N times and keep the fastest")
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
+    if not (Path(a.engram_root) / "engram_cli" / "__init__.py").is_file():
+        ap.error(f"--engram-root {a.engram_root}: not a checkout with engram_cli/ (e.g. `git worktree add /tmp/engram-before HEAD~1`)")
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
     root = str(Path(a.engram_root).resolve())

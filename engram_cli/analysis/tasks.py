@@ -79,8 +79,12 @@ def load_task(path: str | Path, limit: int | None = None) -> Task:
     header: dict[str, Any] = {}
     items: list[dict[str, Any]] = []
     out_type: str | None = None
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise BadInputError(f"{path}:{lineno}: not UTF-8 text (byte {exc.start} of the line)") from None
             if not line.strip():
                 continue
             try:
@@ -95,9 +99,7 @@ def load_task(path: str | Path, limit: int | None = None) -> Task:
                 if out_type not in OUTPUT_TYPES:
                     raise BadInputError(f"{path}:{lineno}: unknown output_type {out_type!r}",
                                         hint=f"one of {', '.join(OUTPUT_TYPES)}")
-                if header.get("category", "other") not in CATEGORIES:
-                    raise BadInputError(f"{path}:{lineno}: unknown category {header.get('category')!r}",
-                                        hint=f"one of {', '.join(CATEGORIES)}")
+                _check_header(header, f"{path}:{lineno}")
                 continue
             if out_type is None:
                 out_type = _infer_type(obj)
@@ -111,7 +113,7 @@ def load_task(path: str | Path, limit: int | None = None) -> Task:
                 ch, gold = obj["choices"], obj["gold"]
                 if not isinstance(ch, list) or len(ch) < 2 or not all(isinstance(c, str) for c in ch):
                     raise BadInputError(f"{path}:{lineno}: 'choices' must be a list of >= 2 strings")
-                if not isinstance(gold, int) or not 0 <= gold < len(ch):
+                if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(ch):
                     raise BadInputError(f"{path}:{lineno}: 'gold' must be an index into 'choices'")
             elif out_type == "generate_until":
                 ans = obj["answers"]
@@ -138,6 +140,18 @@ def load_task(path: str | Path, limit: int | None = None) -> Task:
                 until=[until] if isinstance(until, str) else list(until),
                 max_gen_toks=int(header.get("max_gen_toks", 16)), description=str(header.get("description", "")),
                 text_split=split)
+
+
+def _check_header(header: dict, where: str) -> None:
+    """Header fields of the right type (one exit-3 line naming the file and line otherwise)."""
+    if header.get("category", "other") not in CATEGORIES:
+        raise BadInputError(f"{where}: unknown category {header.get('category')!r}", hint=f"one of {', '.join(CATEGORIES)}")
+    until = header.get("until", ["\n"])
+    if not isinstance(until, str) and not (isinstance(until, list) and all(isinstance(u, str) for u in until)):
+        raise BadInputError(f"{where}: 'until' must be a string or a list of strings, got {until!r}")
+    mgt = header.get("max_gen_toks", 16)
+    if not isinstance(mgt, int) or isinstance(mgt, bool) or not 1 <= mgt <= 4096:
+        raise BadInputError(f"{where}: 'max_gen_toks' must be an integer in 1..4096, got {mgt!r}")
 
 
 def _check_spans(obj: dict, first: dict | None, where: str) -> None:

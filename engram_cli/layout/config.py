@@ -203,7 +203,9 @@ def _qwen4_exp(c: dict[str, Any]) -> EngramLayout:
     seed = int(c.get("seed", 1234))
     vocab = int(_need(c, "vocab_size"))
     eos = _need(c, "eos_token_id")
-    eos = int(eos[0] if isinstance(eos, list) else eos)
+    eos = eos[0] if isinstance(eos, list) and eos else eos
+    if not isinstance(eos, int) or isinstance(eos, bool) or eos < 0:
+        raise BadInputError(f"config field 'eos_token_id' must be a token id or a non-empty list of them, got {c['eos_token_id']!r}")
     n_cols = (n - 1) * heads
     embed = int(c.get("ple_embed_dim") or _need(c, "hidden_size"))
     if embed % n_cols:

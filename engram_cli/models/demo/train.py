@@ -19,6 +19,7 @@ import math
 import os
 import random
 import re
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +149,8 @@ def train(out_dir: Path, suites_dir: Path | None, cfg: DemoTrainConfig, log=prin
     np.random.seed(cfg.seed)
     t0 = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
-    tok_tmp = out_dir / "_tok"
+    tok_scratch = tempfile.TemporaryDirectory(prefix="engram-demo-tok-")  # removed even when training is interrupted
+    tok_tmp = Path(tok_scratch.name)
     write_gpt2_tokenizer(tok_tmp)
     tok, lay, model = build_model(tok_tmp, cfg)
     corpus = build_corpus()
@@ -209,6 +211,7 @@ def train(out_dir: Path, suites_dir: Path | None, cfg: DemoTrainConfig, log=prin
     wall = time.time() - t0
     save_demo_model(model, lay, tok_tmp, out_dir, cfg, {"train_wall_s": round(wall, 1), "history": history,
                                                        "epochs_started": epoch + 1})
+    tok_scratch.cleanup()
     return {"wall_s": wall, "params": n_params, "engram_params": n_engram}
 
 
