@@ -82,6 +82,8 @@ def load_model(spec: str | os.PathLike | None = None, *, device: str = "auto", d
     from engram_cli.models.reference import register_auto_classes
 
     register_auto_classes()
+    from safetensors import SafetensorError
+
     try:
         from transformers.utils import logging as hf_logging
 
@@ -117,8 +119,9 @@ def load_model(spec: str | os.PathLike | None = None, *, device: str = "auto", d
         if not gguf_file:
             AutoConfig.from_pretrained(str(path), local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
-        raise BadInputError(f"cannot load model from {where}: {str(exc).splitlines()[0]}") from None
+    except (OSError, ValueError, KeyError, SafetensorError, EOFError) as exc:  # truncated or corrupt weights too
+        raise BadInputError(f"cannot load model from {where}: {(str(exc).splitlines() or [type(exc).__name__])[0]}",
+                            hint="the weights are truncated or corrupt, or not a transformers checkpoint") from None
     if not device_map:
         model = model.to(dev)
     model.eval()

@@ -1,0 +1,92 @@
+"""Hypothesis fuzz of the other parsers that read untrusted files: task JSONL and GGUF headers.
+Whatever bytes they are given, they return a result or raise the project's BadInputError
+(exit 3), never another exception; plus a truncated model folder (exit 3, one line)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engram_cli.errors import BadInputError
+
+LINE = st.one_of(
+    st.binary(max_size=60),
+    st.sampled_from([b'{"task": "t", "output_type": "multiple_choice"}', b'{"context": "a", "choices": ["x", "y"], "gold": 0}',
+                     b'{"context": "a", "answers": "x"}', b'{"text": "abc"}', b'{"until": 5, "output_type": "generate_until"}',
+                     b'{"context": 3, "choices": [1], "gold": "0"}', b'[]', b'null', b'{"context": "a", "choices": ["x", "y"], "gold": 9}',
+                     b'{"output_type": "generate_until", "max_gen_toks": -3}', b'{"context": "a", "context_span": [5, 1]}']))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(LINE, max_size=5))
+def test_task_files(lines):
+    from engram_cli.analysis.tasks import load_task
+
+    with tempfile.TemporaryDirectory() as d:
+        f = Path(d) / "t.jsonl"
+        f.write_bytes(b"\n".join(lines))
+        try:
+            load_task(f)
+        except BadInputError as exc:
+            assert "\n" not in exc.message
+
+
+def _gguf_bytes() -> bytes:
+    import numpy as np
+    from gguf import GGUFWriter
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "x.gguf"
+        w = GGUFWriter(str(p), "deepseek41")
+        w.add_uint32("deepseek41.engram.max_ngram_size", 3)
+        w.add_array("deepseek41.engram.layer_ids", [1, 2])
+        w.add_tensor("blk.1.engram_embd.weight", np.zeros((8, 16), np.int8))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        return p.read_bytes()
+
+
+GOOD = _gguf_bytes()
+
+
+@settings(max_examples=150, deadline=None)
+@given(cut=st.integers(0, len(GOOD)), flips=st.lists(st.tuples(st.integers(0, len(GOOD) - 1), st.integers(0, 255)), max_size=4))
+def test_gguf_headers(cut, flips):
+    from engram_cli.tables.gguf_read import read_gguf
+
+    data = bytearray(GOOD[:cut] if cut < len(GOOD) else GOOD)
+    for pos, val in flips:
+        if pos < len(data):
+            data[pos] = val
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "f.gguf"
+        p.write_bytes(bytes(data))
+        try:
+            read_gguf(p)
+        except BadInputError as exc:
+            assert "\n" not in exc.message
+
+
+def test_truncated_model_is_exit_3(tmp_path):
+    pytest.importorskip("torch")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from models_helpers import save_tiny_reference, tiny_suites
+    from typer.testing import CliRunner
+
+    from engram_cli.cli.app import app
+
+    model = save_tiny_reference(tmp_path / "m", vocab_size=80)
+    weights = next(model.glob("*.safetensors"))
+    os.truncate(weights, weights.stat().st_size // 2)
+    res = CliRunner().invoke(app, ["ablate", str(model), "--tasks", str(tiny_suites(tmp_path / "s")), "--device", "cpu",
+                                   "--no-controls"])
+    assert res.exit_code == 3, res.output
+    assert "cannot load model" in res.stderr and "Traceback" not in res.output
