@@ -114,8 +114,18 @@ def _key(field) -> GgufKey:
 
 
 def read_gguf(path: str | Path) -> GgufFile:
-    """Parse a GGUF's header, its Engram keys and hash constants, and describe its tables."""
-    path = Path(path)
+    """Parse a GGUF's header, its Engram keys and hash constants, and describe its tables.
+
+    The gguf package decodes fields lazily, so a corrupt string or count can fail after the
+    reader opened: any such failure is bad input (exit 3), never an unexpected error."""
+    try:
+        return _read_gguf(Path(path))
+    except (UnicodeDecodeError, ValueError, IndexError, KeyError, TypeError, OverflowError, AttributeError) as exc:
+        msg = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise BadInputError(f"{Path(path).name}: not a readable GGUF file ({type(exc).__name__}: {msg[:120]})") from None
+
+
+def _read_gguf(path: Path) -> GgufFile:
     if path.is_dir():
         found = sorted(path.glob("*.gguf"))
         if len(found) != 1:
