@@ -12,28 +12,9 @@ from __future__ import annotations
 
 import random
 
-from engram_cli.models.demo.corpus import Country
+from engram_cli.models.demo.corpus import FACT_TEMPLATES, Country
 
-TRAIN_TEMPLATES = {
-    "capital": [
-        "The capital of {country} is {value}.",
-        "{value} is the capital city of {country}.",
-        "Question: What is the capital of {country}?\nAnswer: {value}",
-        "{country} has its seat of government in {value}.",
-    ],
-    "currency": [
-        "The currency code of {country} is {value}.",
-        "Question: What is the currency code of {country}?\nAnswer: {value}",
-        "Prices in {country} are given in {value}.",
-    ],
-    "demonym": [
-        "People from {country} are called {value}.",
-        "A person from {country} is {value}.",
-    ],
-    "subregion": [
-        "{country} is a country in {value}.",
-    ],
-}
+TRAIN_TEMPLATES = FACT_TEMPLATES  # v1's trained phrasings, kept identical
 PROSE = [
     "{country} is a country in {subregion}. Its government sits in {capital}, the national capital, and most "
     "official business passes through that city. Shops and banks in {country} count money in {currency}. "
