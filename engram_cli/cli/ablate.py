@@ -92,13 +92,12 @@ def ablate(
     from engram_cli.analysis.ablation import run_ablation
     from engram_cli.analysis.evaluator import Evaluator
     from engram_cli.analysis.tasks import resolve_tasks
-    from engram_cli.cli.options import set_torch_threads
-    from engram_cli.models.loading import demo_suites_dir, load_model, resolve_device
+    from engram_cli.cli.options import start_model_run
+    from engram_cli.models.loading import demo_suites_dir, load_model
     from engram_cli.models.views import require_engram, view_for
 
-    resolve_device(device.value)  # exit 5 before loading anything
     task_list = resolve_tasks(tasks, demo_suites_dir(), limit)
-    n_threads = set_torch_threads(threads)
+    n_threads = start_model_run(device, threads)
     out.log(f"loading {escape(model or 'the bundled demo model')} ({n_threads} threads) ...")
     loaded = load_model(model, device=device.value, dtype=dtype, device_map=device_map, tokenizer=tokenizer)
     view = view_for(loaded.model, engram_path=engram_path, layers_path=layers_path)

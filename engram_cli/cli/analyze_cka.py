@@ -135,7 +135,7 @@ def cka(
     Reports a null floor (rows shuffled), a self-check, bootstrap CIs, and writes cka.json, cka.npz and cka.png with -o.
     """
     from engram_cli.analysis.cka_run import CkaSettings, LoadOptions, ModelRequest, run_cka, validate
-    from engram_cli.cli.options import set_torch_threads
+    from engram_cli.cli.options import start_model_run
     from engram_cli.reports import check_output_dir
 
     out = Output(json_, quiet)
@@ -151,7 +151,7 @@ def cka(
         cache_dir=cache_dir, preset=preset.value if preset else None)
     validate(settings)
     check_output_dir(output, force)
-    used_threads = set_torch_threads(threads)
+    used_threads = start_model_run(device, threads)
     tok = str(tokenizer) if tokenizer else None
     out.log(f"CKA: {escape(model_a or 'the bundled demo model')} vs {escape(model_b or compare.value)} ...")
     with out.progress("CKA") as cb:

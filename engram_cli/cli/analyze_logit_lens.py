@@ -132,11 +132,9 @@ def logit_lens(
     validate(req, settings)
     check_output_dir(output, force)
     from engram_cli.analysis.lens_run import run_logit_lens
-    from engram_cli.cli.options import set_torch_threads
-    from engram_cli.models.loading import resolve_device
+    from engram_cli.cli.options import start_model_run
 
-    resolve_device(device.value)  # exit 5 before loading anything
-    n_threads = set_torch_threads(threads)
+    n_threads = start_model_run(device, threads)
     out.log(f"loading {escape(model or 'the bundled demo model')} ({n_threads} threads) ...")
     with out.progress("logit lens", unit="batches") as progress:
         report = run_logit_lens(req, settings, progress)

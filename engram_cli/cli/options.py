@@ -148,3 +148,12 @@ def set_torch_threads(threads: int | None) -> int:
     n = threads or default_threads()
     torch.set_num_threads(n)
     return n
+
+
+def start_model_run(device: Device, threads: int | None) -> int:
+    """What every model command does before loading: exit 5 when the device is missing (before
+    any weights are read), then apply ``--threads``. Returns the thread count used."""
+    from engram_cli.models.loading import resolve_device
+
+    resolve_device(device.value)
+    return set_torch_threads(threads)
