@@ -78,3 +78,27 @@ def atomic_dir(target: str | os.PathLike[str], *, force: bool = False) -> Iterat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages in the range, do not wait
+_libc_sync_file_range: list[Any] = []
+
+
+def start_writeback(fd: int, offset: int, nbytes: int) -> bool:
+    """Ask the kernel to start writing ``[offset, offset + nbytes)`` of ``fd`` to disk now
+    (``sync_file_range(..., SYNC_FILE_RANGE_WRITE)``, asynchronous), so a long sequential write
+    streams to the disk while the producer works instead of piling up dirty pages that a final
+    ``fsync`` must then wait for. False where the call is unavailable (not Linux) or refused."""
+    if not _libc_sync_file_range:
+        fn = None
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+            import ctypes.util
+
+            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            fn = lib.sync_file_range
+            fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+            fn.restype = ctypes.c_int
+        _libc_sync_file_range.append(fn)
+    fn = _libc_sync_file_range[0]
+    return fn is not None and fn(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE) == 0

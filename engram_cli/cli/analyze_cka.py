@@ -60,6 +60,7 @@ class Compare(str, Enum):
     auto = "auto"
     ablated = "ablated"
     self_ = "self"
+    twin = "twin"
 
 
 class CkaPreset(str, Enum):
@@ -82,7 +83,8 @@ def cka(
     model_a: ModelArg = None,
     model_b: Annotated[Optional[str], typer.Argument(help="Baseline model (default: MODEL_A with its Engram ablated).")] = None,
     compare: Annotated[Compare, typer.Option("--compare", help="Without MODEL_B: 'ablated' (Engram output zeroed), 'self' "
-                                             "(the model against itself), 'auto' (ablated if the model has Engram).")] = Compare.auto,
+                                             "(the model against itself), 'auto' (ablated if the model has Engram), 'twin' "
+                                             "(MODEL_A, default demo model v2, against the bundled no-Engram twin).")] = Compare.auto,
     preset: Annotated[Optional[CkaPreset], typer.Option("--protocol", help="engram-paper: the paper's minibatch-unbiased, "
                                                         "linear, entity-final, k=5 (explicit options win).", rich_help_panel=_CKA)] = None,
     estimator: Annotated[Optional[Estimator], typer.Option("--estimator", help="minibatch-unbiased (paper; default), "
@@ -151,6 +153,10 @@ def cka(
         cache_dir=cache_dir, preset=preset.value if preset else None)
     validate(settings)
     check_output_dir(output, force)
+    if compare is Compare.twin:
+        from engram_cli.models.loading import twin_pair
+
+        (model_a, model_b), compare = twin_pair(model_a, model_b), Compare.auto
     used_threads = start_model_run(device, threads)
     tok = str(tokenizer) if tokenizer else None
     out.log(f"CKA: {escape(model_a or 'the bundled demo model')} vs {escape(model_b or compare.value)} ...")

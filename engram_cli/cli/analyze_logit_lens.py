@@ -40,6 +40,7 @@ _DATA = "Texts and positions"
 
 class Compare(str, Enum):
     ablated = "ablated"
+    twin = "twin"
 
 
 class Point(str, Enum):
@@ -71,7 +72,8 @@ def logit_lens(
     model: ModelArg = None,
     model_b: Annotated[Optional[str], typer.Argument(help="A second model on the same token streams (paired deltas A - B).")] = None,
     compare: Annotated[Optional[Compare], typer.Option("--compare", help="Without MODEL_B: 'ablated' compares MODEL with "
-                                                       "its Engram output zeroed.")] = None,
+                                                       "its Engram output zeroed; 'twin' compares MODEL (default: demo "
+                                                       "model v2) with the bundled no-Engram twin.")] = None,
     points: Annotated[Optional[list[Point]], typer.Option("--points", help="Read-out points (repeatable): block (default), "
                                                           "embed, pre_engram, post_engram.", rich_help_panel=_LENS)] = None,
     branch_reduce: BranchReduceOpt = BranchReduce.model,
@@ -126,6 +128,10 @@ def logit_lens(
         final_norm=final_norm, bits=bits, positions=positions.value, skip_first=skip_first, kl_threshold=kl_threshold,
         batch_size=batch_size, max_length=max_length, n_boot=1000 if n_boot is None else n_boot, seed=seed,
         heatmap_positions=heatmap_positions if heatmap else 0)
+    if compare is Compare.twin:
+        from engram_cli.models.loading import twin_pair
+
+        (model, model_b), compare = twin_pair(model, model_b), None
     req = LensRequest(model=model, model_b=model_b, compare=compare.value if compare else None, texts=texts, limit=limit,
                       device=device.value, dtype=model_dtype.value, device_map=device_map,
                       tokenizer=str(tokenizer) if tokenizer else None, engram_path=engram_path, layers_path=layers_path)

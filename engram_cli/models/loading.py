@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +14,48 @@ DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16":
           "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
 
+@contextlib.contextmanager
+def _no_gguf_progress_bar():
+    """transformers' GGUF de-quantisation loop calls ``tqdm`` itself (not through its logging
+    switch): give it a disabled bar while a model loads."""
+    import functools
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
+
+
 def demo_model_dir() -> Path:
     """The bundled demo model (package data)."""
     return Path(__file__).resolve().parent.parent / "data" / "demo-model"
+
+
+def demo_v2_dir() -> Path:
+    """The bundled demo model v2 (8 layers, Engram at layers 1 and 4; docs/demo-model.md)."""
+    return Path(__file__).resolve().parent.parent / "data" / "demo-model-v2"
+
+
+def demo_twin_dir() -> Path:
+    """The bundled no-Engram twin of demo model v2 (same backbone, data and steps)."""
+    return Path(__file__).resolve().parent.parent / "data" / "demo-model-v2-twin"
+
+
+def twin_pair(model: str | None, model_b: str | None) -> tuple[str, str]:
+    """``--compare twin``: MODEL (default: demo model v2) against the bundled twin."""
+    if model_b is not None:
+        raise UsageError("give MODEL_B or --compare twin, not both", hint="--compare twin compares with the bundled twin")
+    twin = demo_twin_dir()
+    if not (twin / "config.json").is_file():
+        raise BadInputError(f"the bundled twin is missing ({twin})", hint="reinstall engram, or give MODEL_B")
+    return (model if model is not None else str(demo_v2_dir())), str(twin)
 
 
 def demo_suites_dir() -> Path:
@@ -115,10 +155,14 @@ def load_model(spec: str | os.PathLike | None = None, *, device: str = "auto", d
         kwargs["gguf_file"] = gguf_file
     if device_map:
         kwargs["device_map"] = device_map
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its loading bars would bypass --quiet and --json
     try:
         if not gguf_file:
             AutoConfig.from_pretrained(str(path), local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        with _no_gguf_progress_bar():
+            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError, KeyError, SafetensorError, EOFError) as exc:  # truncated or corrupt weights too
         raise BadInputError(f"cannot load model from {where}: {(str(exc).splitlines() or [type(exc).__name__])[0]}",
                             hint="the weights are truncated or corrupt, or not a transformers checkpoint") from None

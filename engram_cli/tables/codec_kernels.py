@@ -24,6 +24,8 @@ This module imports numba at import time: import it lazily (``codecs`` does).
 
 from __future__ import annotations
 
+import sys
+
 import numba as nb
 import numpy as np
 from llvmlite import ir
@@ -86,9 +88,8 @@ def _amax_bits(bbuf, n):
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _fp8_group(bbuf, n, w_out, c0, s_out, g):
-    """Quantise fp32 bits ``bbuf[:n]`` into codes ``w_out[c0:c0+n]`` and scale byte ``s_out[g]``."""
-    mb = _amax_bits(bbuf, n)
+def _fp8_scale_byte(mb):
+    """The e8m0 scale byte of a group whose largest ``|x|`` has fp32 bits ``mb``."""
     sb = 127  # e = 0: amax 0, NaN, inf, or amax / 448 rounding to 0 (torch's frexp gives exponent 0 there)
     if np.uint32(0) < mb < np.uint32(0x7F800000):
         rb = _f32_bits(_bits_f32(mb) / E4M3_MAX)
@@ -97,6 +98,13 @@ def _fp8_group(bbuf, n, w_out, c0, s_out, g):
             sb = min(254, ex if (rb & np.uint32(0x7FFFFF)) == 0 else ex + 1)
         elif rb != 0:
             sb = 1  # a subnormal ratio: e <= -126, clamped
+    return sb
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _fp8_group(bbuf, n, w_out, c0, s_out, g):
+    """Quantise fp32 bits ``bbuf[:n]`` into codes ``w_out[c0:c0+n]`` and scale byte ``s_out[g]``."""
+    sb = _fp8_scale_byte(_amax_bits(bbuf, n))
     inv = _bits_f32(np.uint32((254 - sb) << 23))  # 2**-(sb - 127), exact (sb <= 254 keeps it normal)
     for i in range(n):
         v = _bits_f32(bbuf[i]) * inv
@@ -204,14 +212,141 @@ def decode_fp8(w, s, group, lut, out):
     return out
 
 
+@nb.njit(cache=True, nogil=True)
+def decode_fp8_words(w64, s, words_per_group, lut, out):
+    """The fast form of :func:`decode_fp8` for full groups of a multiple of 8 codes: codes are
+    read 8 at a time as one little-endian uint64 (``w64``, the flat codes viewed as uint64),
+    ``s`` flat (one scale byte per group), ``out`` flat. Eight scalar table loads per word and
+    no vector gathers (slow on the AMD cores measured): 0.5 vs 1.45 ns per value."""
+    for g in range(s.shape[0]):
+        base = np.int64(s[g]) << 8
+        for q in range(words_per_group):
+            j = g * words_per_group + q
+            v = w64[j]
+            o = j * 8
+            for b in range(8):
+                out[o + b] = lut[base | np.int64((v >> np.uint64(8 * b)) & np.uint64(0xFF))]
+
+
+# ---------------------------------------------------------------- bf16 sources: three phases
+# bf16 rows are quantised in three passes over a row block: (1) the group maxima of the
+# magnitude bits (a vectorised integer max), (2) each group's scale, (3) the codes. Splitting
+# the passes keeps each loop free of the per-group branches that stopped the fused loop above
+# from vectorising (4.7 ns per value on the 2-core AMD EPYC; 1.7 ns here), and lets a
+# scales-only call stop after pass (2).
+#
+# fp8 codes from a lookup table: scaling by the power of two ``2**-e`` only moves the exponent
+# field, so for a bf16 magnitude ``b`` (15 bits) the code is ``MAG[b - (e << 7) + MAG_OFF]``
+# with the sign bit OR'ed in, where ``MAG[j]`` is the exact code (clamp to 448, c10 rounding)
+# of the bf16 magnitude ``j - MAG_OFF`` and 0 below 0 (an exponent that underflows: the value
+# is below 2**-126, so its code is 0 either way). Exact because ``x * 2**-e`` is exact whenever
+# the result is a normal fp32; where it is not, both give 0. Zeros and bf16 subnormals under a
+# scale-up (e < 0) land on exponents <= |e| <= 110, values below 2**-16, code 0, as the float
+# path gives. Groups with ``e < -110`` (amax below ~1.7e-31) take the float path.
+MAG_OFF = 127 << 7
+
+
+@nb.njit(cache=True)
+def _fp8_magnitude_table():
+    t = np.empty(65536, np.uint8)
+    for j in range(65536):
+        b = j - MAG_OFF
+        if b < 0:
+            t[j] = 0
+        elif b > 0x7FFF:
+            t[j] = 0x7E
+        else:
+            v = _bits_f32(np.uint32(b) << np.uint32(16))
+            t[j] = e4m3_from_f32(E4M3_MAX if v > E4M3_MAX else v)
+    return t
+
+
+@nb.njit(cache=True, nogil=True)
+def _bf16_group_max(x, group, mx):
+    for g in range(mx.shape[0]):
+        m = np.uint16(0)
+        for i in range(group):
+            m = max(m, x[g * group + i] & np.uint16(0x7FFF))
+        mx[g] = m
+
+
+@nb.njit(cache=True, nogil=True)
+def bf16_to_fp8(x, group, mag, w_out, s_out, write_w):
+    """bf16 bits ``x`` (flat, a multiple of ``group``) -> fp8 codes ``w_out`` (flat) and e8m0
+    bytes ``s_out`` (one per group); ``write_w`` False: scales only."""
+    mx = np.empty(s_out.shape[0], np.uint16)
+    _bf16_group_max(x, group, mx)
+    buf = np.empty(group, np.uint32)
+    for g in range(mx.shape[0]):
+        mb = np.uint32(mx[g]) << np.uint32(16)
+        sb = _fp8_scale_byte(mb)
+        if not write_w:
+            s_out[g] = sb
+            continue
+        base = g * group
+        if sb < 17:  # e < -110: the float path (bf16 subnormals can scale into range)
+            for i in range(group):
+                buf[i] = np.uint32(x[base + i]) << np.uint32(16)
+            _fp8_group(buf, group, w_out, base, s_out, g)
+            continue
+        off = MAG_OFF - ((sb - 127) << 7)
+        for i in range(group):
+            b = np.int64(x[base + i])
+            w_out[base + i] = mag[(b & 0x7FFF) + off] | np.uint8((b >> 8) & 0x80)
+        s_out[g] = sb
+
+
+@nb.njit(cache=True, nogil=True)
+def bf16_to_int8(x, group, w_out, s_out, write_w):
+    """bf16 bits ``x`` (flat) -> int8 codes (as uint8) ``w_out`` and fp32 scales ``s_out``.
+    Groups holding inf or NaN take the scalar path (their scale or quotient needs its rules)."""
+    mx = np.empty(s_out.shape[0], np.uint16)
+    _bf16_group_max(x, group, mx)
+    buf = np.empty(group, np.uint32)
+    scratch = np.empty(group, np.uint8)
+    for g in range(mx.shape[0]):
+        base = g * group
+        if mx[g] >= np.uint16(0x7F80):
+            for i in range(group):
+                buf[i] = np.uint32(x[base + i]) << np.uint32(16)
+            if write_w:
+                _int8_group(buf, group, w_out, base, s_out, g)
+            else:
+                _int8_group(buf, group, scratch, 0, s_out, g)
+            continue
+        scale = np.float32(1.0)
+        if mx[g] > np.uint16(0):
+            scale = _bits_f32(np.uint32(mx[g]) << np.uint32(16)) / np.float32(127.0)
+        s_out[g] = scale
+        if write_w:
+            for i in range(group):
+                v = np.rint(_bits_f32(np.uint32(x[base + i]) << np.uint32(16)) / scale)
+                v = min(max(v, np.float32(-127.0)), np.float32(127.0))
+                w_out[base + i] = np.uint8(np.int32(v) & 0xFF)
+
+
 # ---------------------------------------------------------------- entry points for codecs.py
 _FLOAT_SOURCES = {"BF16": (np.uint16, 16), "F32": (np.uint32, 0)}
+_MAG: list[np.ndarray] = []
+
+
+def _mag_table() -> np.ndarray:
+    """The 64 KiB fp8 magnitude table of :func:`bf16_to_fp8`, built once per process."""
+    if not _MAG:
+        _MAG.append(_fp8_magnitude_table())
+    return _MAG[0]
 
 
 def decode(w: np.ndarray, s: np.ndarray, group: int, lut: np.ndarray, out: np.ndarray) -> np.ndarray:
     """fp8 codes ``w [n, C]`` x e8m0 bytes ``s [n, ceil(C/group)]`` -> ``out [n, C]`` output bits
     (``lut``: ``codecs.e4m3_e8m0_lut``, uint16 bf16 or uint32 fp32)."""
-    return decode_fp8(np.ascontiguousarray(w), np.ascontiguousarray(s), int(group), lut, out)
+    w, s = np.ascontiguousarray(w), np.ascontiguousarray(s)
+    n, cols = w.shape
+    if (group % 8 == 0 and cols % group == 0 and s.shape[1] * group == cols and w.ctypes.data % 8 == 0
+            and out.flags.c_contiguous and sys.byteorder == "little"):
+        decode_fp8_words(w.reshape(-1).view(np.uint64), s.reshape(-1), group // 8, lut, out.reshape(-1))
+        return out
+    return decode_fp8(w, s, int(group), lut, out)
 
 
 def quantise(src, dst, dim: int, w: np.ndarray, s: np.ndarray | None, lut32: np.ndarray,
@@ -227,7 +362,15 @@ def quantise(src, dst, dim: int, w: np.ndarray, s: np.ndarray | None, lut32: np.
     n = w.shape[0]
     s_out = np.empty((n, dim // dst.group), np.uint8 if fp8 else np.float32)
     w_out = np.empty((1, dim), np.uint8) if scales_only else (np.empty((n, dim), np.uint8) if out_w is None else out_w)
-    if src.scale_dtype is None and src.weight_dtype in _FLOAT_SOURCES:
+    if src.scale_dtype is None and src.weight_dtype == "BF16" and w_out.flags.c_contiguous:
+        x = np.ascontiguousarray(w).reshape(-1).view(np.uint16)
+        wf = w_out.reshape(-1) if not scales_only else w_out
+        sf = s_out.reshape(-1)
+        if fp8:
+            bf16_to_fp8(x, dst.group, _mag_table(), wf, sf, not scales_only)
+        else:
+            bf16_to_int8(x, dst.group, wf, sf, not scales_only)
+    elif src.scale_dtype is None and src.weight_dtype in _FLOAT_SOURCES:
         dt, shift = _FLOAT_SOURCES[src.weight_dtype]
         x = np.ascontiguousarray(w).reshape(n, -1).view(dt)
         (float_to_fp8 if fp8 else float_to_int8)(x, shift, dst.group, w_out, s_out, not scales_only)

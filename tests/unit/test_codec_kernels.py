@@ -132,6 +132,54 @@ def test_quantise_specials_equals_reference(dst):
         assert np.array_equal(scales, want[1])
 
 
+def _bf16_groups_every_pattern_every_scale(seed: int = 0) -> np.ndarray:
+    """bf16 bits, 32-value groups: each group holds one anchor magnitude that sets its scale
+    (every exponent field 1..254, so every e8m0 byte the fast path takes, and the float path's
+    e < -110 ones) and 31 values spread over all 65536 bit patterns, so every pattern meets
+    scales from far below to far above it (zeros, subnormals, NaN, inf included)."""
+    rng = np.random.default_rng(seed)
+    pats = rng.permutation(np.tile(np.arange(65536, dtype=np.uint16), 4))
+    n_groups = pats.size // 31
+    x = np.empty((n_groups, 32), np.uint16)
+    x[:, 1:] = pats[: n_groups * 31].reshape(n_groups, 31)
+    ex = rng.integers(1, 255, n_groups).astype(np.uint16)
+    x[:, 0] = (ex << 7) | rng.integers(0, 128, n_groups).astype(np.uint16) | (rng.integers(0, 2, n_groups).astype(np.uint16) << 15)
+    # most groups: the others shrunk below the anchor (finite), so the anchor is the amax
+    finite = x[:, 1:] & 0x7FFF
+    small = rng.random(n_groups) < 0.9
+    shrunk = np.minimum(finite, x[:, :1] & 0x7FFF) | (x[:, 1:] & 0x8000)
+    x[small, 1:] = shrunk[small]
+    return x.reshape(-1, 256)
+
+
+@pytest.mark.parametrize("dst", [FP8, I8], ids=["fp8", "int8"])
+def test_bf16_fast_kernels_equal_reference_for_every_pattern_under_every_scale(dst):
+    """The three-phase bf16 kernels (fp8 lookup table, vectorised int8) against torch."""
+    raw = _bf16_groups_every_pattern_every_scale()
+    n = raw.shape[0]
+    b = _bytes(raw, n)
+    lut32 = e4m3_e8m0_lut("F32")
+    want = _straightforward(BF16, dst, 256, b, None)
+    got = ck.quantise(BF16, dst, 256, b, None, lut32)
+    bad = np.argwhere(got[0] != want[0])
+    assert not bad.size, f"first mismatch at {bad[0]}: bits {raw[tuple(bad[0])]:#06x}"
+    assert np.array_equal(got[1], want[1])
+    assert np.array_equal(ck.quantise(BF16, dst, 256, b, None, lut32, scales_only=True)[1], want[1])
+    if dst is FP8:  # both kernel paths were taken: table groups and e < -110 float-path groups
+        sb = got[1].reshape(-1)
+        assert (sb < 17).any() and (sb >= 17).any() and (sb > 127).any()
+
+
+def test_bf16_kernel_writes_into_a_noncontiguous_output_through_the_general_path():
+    raw = _bf16_groups_every_pattern_every_scale(1)[:64]
+    b = _bytes(raw, 64)
+    lut32 = e4m3_e8m0_lut("F32")
+    want = ck.quantise(BF16, FP8, 256, b, None, lut32)
+    big = np.zeros((64, 512), np.uint8)
+    got = ck.quantise(BF16, FP8, 256, b, None, lut32, out_w=big[:, :256])
+    assert np.array_equal(got[0], want[0]) and np.array_equal(big[:, :256], want[0])
+
+
 def test_documented_error_bounds():
     rng = np.random.default_rng(3)
     x = (rng.standard_normal((200, 64)) * np.exp2(rng.integers(-30, 30, (200, 1)))).astype(np.float32)
@@ -200,3 +248,41 @@ def test_small_decodes_stay_on_numpy_until_numba_is_loaded(monkeypatch):
     assert codecs._compiled(10) is not None  # loaded now: small blocks use it too
     monkeypatch.setenv("ENGRAM_NO_NUMBA", "1")
     assert codecs._compiled() is None
+
+
+def test_prepare_numba_skips_scipy_blas_but_leaves_scipy_importable():
+    """numba's array support is loaded without scipy.linalg (0.2-0.4 s per process), the kernels
+    still run, and SciPy can still be imported afterwards."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from engram_cli.tables import codecs\n"
+            "k = codecs._compiled(); k._mag_table()\n"
+            "assert 'scipy.linalg' not in sys.modules, 'scipy.linalg was imported'\n"
+            "import scipy.linalg\n"
+            "assert scipy.linalg.cython_blas is not None\n"
+            "print('ok')\n")
+    pytest.importorskip("scipy")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**__import__("os").environ, "ENGRAM_NO_NUMBA": ""})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("out", ["BF16", "F32"])
+def test_word_decode_equals_group_decode_aligned_or_not(out):
+    """The 8-codes-per-word decode (aligned, full groups) and the group loop it falls back to
+    (codes at an odd address, group 16 of width 48) give the same bits."""
+    rng = np.random.default_rng(5)
+    lut = e4m3_e8m0_lut(out)
+    w = rng.integers(0, 256, (64, 256), dtype=np.uint8)
+    s = rng.integers(0, 256, (64, 8), dtype=np.uint8)
+    ref = ck.decode_fp8(w, s, 32, lut, np.empty((64, 256), lut.dtype))
+    assert np.array_equal(ck.decode(w, s, 32, lut, np.empty((64, 256), lut.dtype)), ref)
+    raw = np.empty(64 * 256 + 1, np.uint8)
+    odd = raw[1:].reshape(64, 256)
+    odd[:] = w
+    assert odd.ctypes.data % 8 != 0
+    assert np.array_equal(ck.decode(odd, s, 32, lut, np.empty((64, 256), lut.dtype)), ref)
+    w48, s48 = w[:, :48], rng.integers(0, 256, (64, 3), dtype=np.uint8)
+    got = ck.decode(w48, s48, 16, lut, np.empty((64, 48), lut.dtype))
+    assert np.array_equal(got, ck.decode_fp8(np.ascontiguousarray(w48), s48, 16, lut, np.empty((64, 48), lut.dtype)))

@@ -167,6 +167,18 @@ def test_gguf_loads_offline_and_round_trips(tiny, no_network):
     assert lm.tokenizer.decode(lm.tokenizer.encode(TEXT)) == TEXT
 
 
+def test_gguf_load_prints_no_progress_bar(tiny, no_network, capfd):
+    """transformers' de-quantisation bar would bypass --quiet and --json: loading prints nothing."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    capfd.readouterr()
+    load_model(tiny[2], device="cpu", dtype="float32")
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""
+    assert not hf_logging.is_progress_bar_enabled()
+
+
 def test_gguf_view_is_llama_like(tiny, no_network):
     model, tok, path = tiny
     m = load_model(path, device="cpu").model

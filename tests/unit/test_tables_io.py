@@ -248,3 +248,36 @@ def test_copy_file_range_and_fallback_give_identical_outputs(ckpt, tmp_path, mon
         assert digest == xxhash.xxh3_128(fast[0][name]).hexdigest()
     r = CliRunner().invoke(app, ["shard", "verify", str(tmp_path / "fast"), "--source", str(ckpt)])
     assert r.exit_code == 0, r.output
+
+
+# ---------------------------------------------------------------- early writeback
+@pytest.mark.parametrize("threaded", [True, False])
+def test_writeback_is_started_in_order_over_written_and_copied_bytes(tmp_path, monkeypatch, threaded):
+    """Writes and copies alike start writeback of consecutive, non-overlapping ranges that end at
+    the file position, and the output bytes are unchanged."""
+    ranges = []
+    monkeypatch.setattr(ex, "start_writeback", lambda fd, off, n: ranges.append((off, n)) or True)
+    monkeypatch.setattr(ex.Sink, "WRITEBACK_BYTES", 1 << 15)
+    monkeypatch.setattr(ex.Sink, "COPY_REQUEST", 1 << 16)
+    data = np.random.default_rng(3).integers(0, 256, 300_001, dtype=np.uint8).tobytes()
+    _copy_through_sink(tmp_path, data, threaded)
+    assert len(ranges) >= 4
+    assert ranges[0][0] == 0 and all(a + n == b for (a, n), (b, _) in zip(ranges, ranges[1:]))
+    assert all(n >= 1 << 15 for _, n in ranges)
+    assert ranges[-1][0] + ranges[-1][1] <= 4 + len(data) - 5 + 4 + 3
+
+
+def test_writeback_call_is_real_and_can_be_turned_off(tmp_path, monkeypatch):
+    from engram_cli.fsutil import start_writeback
+
+    p = tmp_path / "f.bin"
+    with open(p, "wb", buffering=0) as fh:
+        fh.write(b"x" * 100_000)
+        ok = start_writeback(fh.fileno(), 0, 100_000)
+    assert ok is (sys.platform == "linux")
+    monkeypatch.setenv("ENGRAM_NO_WRITEBACK", "1")
+    calls = []
+    monkeypatch.setattr(ex, "start_writeback", lambda *a: calls.append(a) or True)
+    monkeypatch.setattr(ex.Sink, "WRITEBACK_BYTES", 1 << 10)
+    _copy_through_sink(tmp_path, bytes(50_000))
+    assert not calls

@@ -35,10 +35,10 @@ SUITES_V2 = Path(__file__).resolve().parents[2] / "data" / "suites-v2"
 
 @dataclass
 class V2Config:
-    hidden_size: int = 192
-    intermediate_size: int = 512
+    hidden_size: int = 128
+    intermediate_size: int = 384
     num_hidden_layers: int = 8
-    num_attention_heads: int = 6
+    num_attention_heads: int = 4
     engram: bool = True
     engram_layers: tuple[int, ...] = (1, 4)
     max_ngram_size: int = 3
@@ -48,14 +48,14 @@ class V2Config:
     vocab_size: int = 8192
     seq_len: int = 256
     batch_size: int = 16
-    steps: int = 1100
+    steps: int = 760
     lr: float = 2e-3
     engram_lr_mult: float = 5.0
     warmup: int = 60
     weight_decay: float = 0.05
     fact_repeats: int = 4
     reading_items: int = 4000
-    copy_docs: int = 3000
+    copy_docs: int = 12000
     seed: int = SEED
 
 
