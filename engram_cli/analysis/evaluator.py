@@ -132,17 +132,16 @@ class Evaluator:
                 texts = [""] * len(batch)
                 with torch.no_grad(), cond():
                     for step in range(max_gen_toks):
-                        x = self._pad(seqs)
+                        active = [k for k in range(len(batch)) if not done[k]]  # finished rows leave the batch
+                        x = self._pad([seqs[k] for k in active])
                         last = torch.zeros_like(x, dtype=torch.bool)
-                        for k, s in enumerate(seqs):
-                            last[k, len(s) - 1] = True
+                        for r, k in enumerate(active):
+                            last[r, len(seqs[k]) - 1] = True
                         logits = self.view.logits_at(x, last)
                         if step == 0 and len(conditions) > 1:
                             first_lp.append(torch.log_softmax(logits, -1).cpu())
-                        nxt = logits.argmax(-1).tolist()
-                        for k in range(len(batch)):
-                            if done[k]:
-                                continue
+                        nxt = dict(zip(active, logits.argmax(-1).tolist()))
+                        for k in active:
                             if self.tok.eos_id is not None and nxt[k] == self.tok.eos_id:
                                 done[k] = True
                                 continue

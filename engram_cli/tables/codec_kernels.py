@@ -24,7 +24,10 @@ This module imports numba at import time: import it lazily (``codecs`` does).
 
 from __future__ import annotations
 
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import numba as nb
 import numpy as np
@@ -337,6 +340,28 @@ def _mag_table() -> np.ndarray:
     return _MAG[0]
 
 
+# The kernels release the GIL: a block is split by rows over KERNEL_THREADS threads (the shard
+# writer thread runs beside them; on the 2-core machine the codec was the one busy core).
+KERNEL_THREADS = max(1, min(4, int(os.environ.get("ENGRAM_CODEC_THREADS", "0") or 0) or (os.cpu_count() or 1)))
+MIN_ROWS_PER_THREAD = 2048
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _by_rows(n: int, run: Callable[[int, int], None]) -> None:
+    """``run(a, b)`` over row ranges covering ``[0, n)``, in parallel when the block is big enough."""
+    k = min(KERNEL_THREADS, n // MIN_ROWS_PER_THREAD)
+    if k <= 1:
+        run(0, n)
+        return
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(max_workers=KERNEL_THREADS - 1, thread_name_prefix="engram-codec"))
+    cuts = [n * i // k for i in range(k + 1)]
+    futures = [_POOL[0].submit(run, cuts[i], cuts[i + 1]) for i in range(1, k)]
+    run(cuts[0], cuts[1])
+    for f in futures:
+        f.result()
+
+
 def decode(w: np.ndarray, s: np.ndarray, group: int, lut: np.ndarray, out: np.ndarray) -> np.ndarray:
     """fp8 codes ``w [n, C]`` x e8m0 bytes ``s [n, ceil(C/group)]`` -> ``out [n, C]`` output bits
     (``lut``: ``codecs.e4m3_e8m0_lut``, uint16 bf16 or uint32 fp32)."""
@@ -344,7 +369,9 @@ def decode(w: np.ndarray, s: np.ndarray, group: int, lut: np.ndarray, out: np.nd
     n, cols = w.shape
     if (group % 8 == 0 and cols % group == 0 and s.shape[1] * group == cols and w.ctypes.data % 8 == 0
             and out.flags.c_contiguous and sys.byteorder == "little"):
-        decode_fp8_words(w.reshape(-1).view(np.uint64), s.reshape(-1), group // 8, lut, out.reshape(-1))
+        w64, sf, of, wpg, g_row = w.reshape(-1).view(np.uint64), s.reshape(-1), out.reshape(-1), group // 8, cols // group
+        _by_rows(n, lambda a, b: decode_fp8_words(w64[a * g_row * wpg:b * g_row * wpg], sf[a * g_row:b * g_row], wpg, lut,
+                                                  of[a * cols:b * cols]))
         return out
     return decode_fp8(w, s, int(group), lut, out)
 
@@ -366,10 +393,16 @@ def quantise(src, dst, dim: int, w: np.ndarray, s: np.ndarray | None, lut32: np.
         x = np.ascontiguousarray(w).reshape(-1).view(np.uint16)
         wf = w_out.reshape(-1) if not scales_only else w_out
         sf = s_out.reshape(-1)
-        if fp8:
-            bf16_to_fp8(x, dst.group, _mag_table(), wf, sf, not scales_only)
-        else:
-            bf16_to_int8(x, dst.group, wf, sf, not scales_only)
+        g_row, mag, keep = dim // dst.group, _mag_table(), not scales_only
+
+        def rows(a: int, b: int) -> None:
+            wpart = wf[a * dim:b * dim] if keep else wf
+            if fp8:
+                bf16_to_fp8(x[a * dim:b * dim], dst.group, mag, wpart, sf[a * g_row:b * g_row], keep)
+            else:
+                bf16_to_int8(x[a * dim:b * dim], dst.group, wpart, sf[a * g_row:b * g_row], keep)
+
+        _by_rows(n, rows)
     elif src.scale_dtype is None and src.weight_dtype in _FLOAT_SOURCES:
         dt, shift = _FLOAT_SOURCES[src.weight_dtype]
         x = np.ascontiguousarray(w).reshape(n, -1).view(dt)

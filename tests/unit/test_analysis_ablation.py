@@ -186,3 +186,23 @@ def test_normalize_answer():
 
     assert normalize_answer(" The  Paris.") == "paris"
     assert normalize_answer("An apple, a day") == "apple day"
+
+
+def test_generation_outputs_do_not_depend_on_batching(tmp_path):
+    """Rows that finish early leave the batch; every row's output equals its one-row run."""
+    from engram_cli.analysis.evaluator import Evaluator, no_hooks
+    from engram_cli.models.loading import load_text_tokenizer
+
+    tiny_tokenizer(tmp_path / "tok")
+    tok = load_text_tokenizer(tmp_path / "tok", eos_id=0)
+    model = tiny_reference_model(vocab_size=80)
+    view = view_for(model)
+    words = ["the capital of france is", "paris", "a river . the", "question : the capital of italy",
+             "blue", "spain is", "the", "rome . berlin . madrid is the capital"]
+    items = [{"context": w, "answers": ["paris"]} for w in words]
+    until = [" is", "."]
+    together = Evaluator(view, tok, batch_size=8).generate(items, [no_hooks], until, 6)
+    alone = [Evaluator(view, tok, batch_size=1).generate([it], [no_hooks], until, 6).outputs[0][0] for it in items]
+    assert together.outputs[0] == alone
+    lengths = {len(o) for o in alone}
+    assert len(lengths) > 1  # rows did finish at different steps

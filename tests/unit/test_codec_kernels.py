@@ -286,3 +286,25 @@ def test_word_decode_equals_group_decode_aligned_or_not(out):
     w48, s48 = w[:, :48], rng.integers(0, 256, (64, 3), dtype=np.uint8)
     got = ck.decode(w48, s48, 16, lut, np.empty((64, 48), lut.dtype))
     assert np.array_equal(got, ck.decode_fp8(np.ascontiguousarray(w48), s48, 16, lut, np.empty((64, 48), lut.dtype)))
+
+
+@pytest.mark.parametrize("dst", [FP8, I8], ids=["fp8", "int8"])
+def test_row_split_over_threads_gives_the_same_bytes(dst, monkeypatch):
+    """A block split over kernel threads (uneven cuts) equals the one-thread result, for the
+    quantisers, a scales-only call and the word decode."""
+    raw = _bf16_groups_every_pattern_every_scale(2)[:1001]
+    b = _bytes(raw, raw.shape[0])
+    lut32 = e4m3_e8m0_lut("F32")
+    monkeypatch.setattr(ck, "KERNEL_THREADS", 1)
+    one = ck.quantise(BF16, dst, 256, b, None, lut32)
+    one_s = ck.quantise(BF16, dst, 256, b, None, lut32, scales_only=True)[1]
+    monkeypatch.setattr(ck, "KERNEL_THREADS", 3)
+    monkeypatch.setattr(ck, "MIN_ROWS_PER_THREAD", 100)
+    many = ck.quantise(BF16, dst, 256, b, None, lut32)
+    assert np.array_equal(one[0], many[0]) and np.array_equal(one[1], many[1])
+    assert np.array_equal(ck.quantise(BF16, dst, 256, b, None, lut32, scales_only=True)[1], one_s)
+    if dst is FP8:
+        lut = e4m3_e8m0_lut("BF16")
+        split = ck.decode(one[0], one[1], 32, lut, np.empty((1001, 256), lut.dtype))
+        monkeypatch.setattr(ck, "KERNEL_THREADS", 1)
+        assert np.array_equal(split, ck.decode(one[0], one[1], 32, lut, np.empty((1001, 256), lut.dtype)))

@@ -1,7 +1,7 @@
-"""Train demo model v2 (8 layers, Engram at layers 1 and 4) or its no-Engram twin. PREPARED, NOT YET TRAINED.
+"""Train demo model v2 (8 layers, Engram at layers 1 and 4) or its no-Engram twin (both shipped).
 
-    nice python -m engram_cli.models.demo.train_v2 -o engram_cli/data/demo-model-v2
-    nice python -m engram_cli.models.demo.train_v2 -o engram_cli/data/demo-model-v2-twin --no-engram
+    python -m engram_cli.models.demo.train_v2 -o engram_cli/data/demo-model-v2
+    python -m engram_cli.models.demo.train_v2 -o engram_cli/data/demo-model-v2-twin --no-engram
 
 Both runs use the same corpus, BPE, token stream, steps, schedule and backbone initialisation
 (every backbone tensor is initialised from a generator seeded by its name, so the twin's
