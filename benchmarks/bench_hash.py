@@ -65,9 +65,7 @@ def real_tokens(n: int, text_file: str | None) -> tuple[np.ndarray, str]:
 STARTUP = """
 import time, numpy as np
 t0 = time.perf_counter()
-from engram_cli.compiled import prepare_numba
-prepare_numba()  # as engram does: numba's array support without SciPy's BLAS
-from engram_cli.layout import hash_numba
+from engram_cli.layout import hash_numba  # prepares numba as engram does (no SciPy BLAS)
 t1 = time.perf_counter()
 args = (np.arange(40_000, dtype=np.int64).reshape(1, -1) % 99_000, 2, {m}, {p}, {o}, 8)
 hash_numba.hash_global(*args)

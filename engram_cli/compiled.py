@@ -13,7 +13,6 @@ def numba_enabled() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
-_PREPARED: list[bool] = []
 _BLAS_MODULES = ("scipy.linalg.cython_blas", "scipy.linalg.cython_lapack")
 
 
@@ -25,10 +24,8 @@ def prepare_numba() -> None:
     process that runs a kernel. None of engram's kernels uses BLAS, so the import is made with
     SciPy's BLAS modules hidden (numba then records "no BLAS" for this process; ``np.dot``
     inside an ``njit`` function would fail to compile) and they are put back at once, so SciPy
-    itself stays importable. Idempotent."""
-    if _PREPARED:
-        return
-    _PREPARED.append(True)
+    itself stays importable. Idempotent (a no-op once numba's array support is loaded). The
+    kernel modules call it before they import numba, so every importer gets it."""
     import sys
 
     if "numba.np.arraymath" in sys.modules:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -81,7 +82,20 @@ def atomic_dir(target: str | os.PathLike[str], *, force: bool = False) -> Iterat
 
 
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages in the range, do not wait
-_libc_sync_file_range: list[Any] = []
+
+
+@functools.cache
+def _sync_file_range() -> Any:
+    """libc's ``sync_file_range`` (loaded once), or None where there is none."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+        import ctypes.util
+
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).sync_file_range
+        fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+        fn.restype = ctypes.c_int
+        return fn
+    return None
 
 
 def start_writeback(fd: int, offset: int, nbytes: int) -> bool:
@@ -89,16 +103,5 @@ def start_writeback(fd: int, offset: int, nbytes: int) -> bool:
     (``sync_file_range(..., SYNC_FILE_RANGE_WRITE)``, asynchronous), so a long sequential write
     streams to the disk while the producer works instead of piling up dirty pages that a final
     ``fsync`` must then wait for. False where the call is unavailable (not Linux) or refused."""
-    if not _libc_sync_file_range:
-        fn = None
-        with contextlib.suppress(OSError, AttributeError):
-            import ctypes
-            import ctypes.util
-
-            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            fn = lib.sync_file_range
-            fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-            fn.restype = ctypes.c_int
-        _libc_sync_file_range.append(fn)
-    fn = _libc_sync_file_range[0]
+    fn = _sync_file_range()
     return fn is not None and fn(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE) == 0

@@ -24,8 +24,12 @@ This module imports numba at import time: import it lazily (``hashing`` does).
 
 from __future__ import annotations
 
-import numba as nb
-import numpy as np
+from engram_cli.compiled import prepare_numba
+
+prepare_numba()  # numba's array support without SciPy's BLAS (before numba loads it)
+
+import numba as nb  # noqa: E402
+import numpy as np  # noqa: E402
 
 FLOAT_MOD_MIN_PRIME = 1 << 13
 FLOAT_MOD_MAX_PRIME = 1 << 32

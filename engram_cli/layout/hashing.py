@@ -141,9 +141,6 @@ def hash_cpu(
     big = comp.size >= NUMBA_MIN_TOKENS or "engram_cli.layout.hash_numba" in sys.modules
     use_numba = kernel == "numba" or (kernel == "auto" and big and numba_enabled())
     if use_numba:
-        from engram_cli.compiled import prepare_numba
-
-        prepare_numba()
         from engram_cli.layout import hash_numba
 
         with _NUMBA_LOCK:

@@ -146,6 +146,9 @@ def _numba_kernels():
     """(parallel, serial) row-copy kernels, compiled once per process."""
     global _NUMBA_KERNELS
     if _NUMBA_KERNELS is None:
+        from engram_cli.compiled import prepare_numba
+
+        prepare_numba()
         from numba import njit, prange
 
         def body(table, idx, out):  # pragma: no cover - compiled

@@ -51,6 +51,9 @@ _KERNEL = None
 
 
 def _compile():
+    from engram_cli.compiled import prepare_numba
+
+    prepare_numba()
     from numba import njit
 
     @njit(cache=False, nogil=True)

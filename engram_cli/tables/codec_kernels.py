@@ -24,16 +24,21 @@ This module imports numba at import time: import it lazily (``codecs`` does).
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-import numba as nb
-import numpy as np
-from llvmlite import ir
-from numba.core import types
-from numba.extending import intrinsic
+from engram_cli.compiled import prepare_numba
+
+prepare_numba()  # numba's array support without SciPy's BLAS (before numba loads it)
+
+import numba as nb  # noqa: E402
+import numpy as np  # noqa: E402
+from llvmlite import ir  # noqa: E402
+from numba.core import types  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
 
 E4M3_MAX = np.float32(448.0)
 
@@ -330,21 +335,21 @@ def bf16_to_int8(x, group, w_out, s_out, write_w):
 
 # ---------------------------------------------------------------- entry points for codecs.py
 _FLOAT_SOURCES = {"BF16": (np.uint16, 16), "F32": (np.uint32, 0)}
-_MAG: list[np.ndarray] = []
-
-
+@functools.cache
 def _mag_table() -> np.ndarray:
     """The 64 KiB fp8 magnitude table of :func:`bf16_to_fp8`, built once per process."""
-    if not _MAG:
-        _MAG.append(_fp8_magnitude_table())
-    return _MAG[0]
+    return _fp8_magnitude_table()
 
 
 # The kernels release the GIL: a block is split by rows over KERNEL_THREADS threads (the shard
 # writer thread runs beside them; on the 2-core machine the codec was the one busy core).
 KERNEL_THREADS = max(1, min(4, int(os.environ.get("ENGRAM_CODEC_THREADS", "0") or 0) or (os.cpu_count() or 1)))
 MIN_ROWS_PER_THREAD = 2048
-_POOL: list[ThreadPoolExecutor] = []
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=KERNEL_THREADS - 1, thread_name_prefix="engram-codec")
 
 
 def _by_rows(n: int, run: Callable[[int, int], None]) -> None:
@@ -353,10 +358,8 @@ def _by_rows(n: int, run: Callable[[int, int], None]) -> None:
     if k <= 1:
         run(0, n)
         return
-    if not _POOL:
-        _POOL.append(ThreadPoolExecutor(max_workers=KERNEL_THREADS - 1, thread_name_prefix="engram-codec"))
     cuts = [n * i // k for i in range(k + 1)]
-    futures = [_POOL[0].submit(run, cuts[i], cuts[i + 1]) for i in range(1, k)]
+    futures = [_pool().submit(run, cuts[i], cuts[i + 1]) for i in range(1, k)]
     run(cuts[0], cuts[1])
     for f in futures:
         f.result()

@@ -123,13 +123,12 @@ def _compiled(elems: int | None = None):
     loaded yet (its import and cache load cost more than the numpy path there)."""
     import sys
 
-    from engram_cli.compiled import numba_enabled, prepare_numba
+    from engram_cli.compiled import numba_enabled
 
     if not numba_enabled():
         return None
     if elems is not None and elems < KERNEL_MIN_ELEMS and "engram_cli.tables.codec_kernels" not in sys.modules:
         return None
-    prepare_numba()
     from engram_cli.tables import codec_kernels
 
     return codec_kernels
