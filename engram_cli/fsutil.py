@@ -21,6 +21,11 @@ def _default_mode(directory: bool) -> int:
     return (0o777 if directory else 0o666) & ~_umask()
 
 
+def umask_file_mode() -> int:
+    """The mode a plain new file gets under the current umask (``0o644`` under ``022``)."""
+    return _default_mode(False)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success.

@@ -100,3 +100,31 @@ def tiny_suites(out_dir: Path) -> Path:
     write_suite(out_dir / "ppl.jsonl", {"task": "ppl", "category": "other", "output_type": "loglikelihood_rolling"},
                 [{"text": "the capital of france is paris . the river is blue"}, {"text": "one two three four five"}])
     return out_dir
+
+
+TRAIN_WORDS = "the capital of river town founded trader north south salt wool copper year merchant lies on in is was by a".split()
+
+
+def demo_train_texts(n: int = 300) -> list[str]:
+    """Seeded word-salad sentences for tiny demo-v2 training runs."""
+    import random
+
+    rng = random.Random(0)
+    return [" ".join(rng.choice(TRAIN_WORDS) for _ in range(rng.randint(6, 20))) + "." for _ in range(n)]
+
+
+def tiny_v2_config(**kw):
+    """A demo-v2 training config small enough for a test (2 layers, d = 32, 4 steps)."""
+    from engram_cli.models.demo.train_v2 import V2Config
+
+    base = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, engram_layers=(1,),
+                n_heads=2, head_dim=8, vocab_base=101, vocab_size=300, seq_len=16, batch_size=4, steps=4, warmup=2)
+    return V2Config(**{**base, **kw})
+
+
+def tiny_text_stream(tok):
+    """``stream(epoch)`` over :func:`demo_train_texts` (every epoch the same ids, all positions class 0)."""
+    import numpy as np
+
+    ids = np.asarray([i for t in demo_train_texts() for i in tok.encode(t).ids + [0]], dtype=np.int64)
+    return lambda epoch: (ids, np.zeros_like(ids, dtype=np.int8))

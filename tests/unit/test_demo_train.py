@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,34 +13,19 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engram_cli.models.demo.bpe import train_bpe  # noqa: E402
-from engram_cli.models.demo.train_v2 import V2Config, build_model_v2, train_loop  # noqa: E402
+from engram_cli.models.demo.train_v2 import build_model_v2, exact_fp32, train_loop  # noqa: E402
 
-WORDS = "the capital of river town founded trader north south salt wool copper year merchant lies on in is was by a".split()
-
-
-def _texts(n: int = 300) -> list[str]:
-    rng = random.Random(0)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 20))) + "." for _ in range(n)]
-
-
-def _tiny(**kw) -> V2Config:
-    base = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, engram_layers=(1,),
-                n_heads=2, head_dim=8, vocab_base=101, vocab_size=300, seq_len=16, batch_size=4, steps=4, warmup=2)
-    return V2Config(**{**base, **kw})
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from models_helpers import demo_train_texts, tiny_text_stream, tiny_v2_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return train_bpe(_texts(), 300)
-
-
-def _stream(tok):
-    ids = np.asarray([i for t in _texts() for i in tok.encode(t).ids + [0]], dtype=np.int64)
-    return lambda epoch: (ids, np.zeros_like(ids, dtype=np.int8))
+    return train_bpe(demo_train_texts(), 300)
 
 
 def test_bpe_is_deterministic(tok):
-    again = train_bpe(_texts(), 300)
+    again = train_bpe(demo_train_texts(), 300)
     assert again.to_str() == tok.to_str()
     assert tok.token_to_id("<|endoftext|>") == 0 and tok.get_vocab_size() <= 300
     assert tok.decode(tok.encode("the salt town.").ids) == "the salt town."
@@ -48,20 +35,46 @@ def test_bpe_is_deterministic(tok):
 def test_training_reruns_bit_identical(tok, engram):
     states = []
     for _ in range(2):
-        cfg = _tiny(engram=engram)
+        cfg = tiny_v2_config(engram=engram)
         _, model = build_model_v2(tok, cfg)
-        hist = train_loop(model, _stream(tok), cfg, cfg.steps, log=lambda s: None)
+        hist = train_loop(model, tiny_text_stream(tok), cfg, cfg.steps, log=lambda s: None)
         states.append({k: v.clone() for k, v in model.state_dict().items()})
     assert hist[-1]["step"] == 3 and np.isfinite(hist[-1]["loss"])
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
-    _, fresh = build_model_v2(tok, _tiny(engram=engram))
+    _, fresh = build_model_v2(tok, tiny_v2_config(engram=engram))
     assert any(not torch.equal(fresh.state_dict()[k], states[0][k]) for k in states[0])  # training moved the weights
 
 
+def test_explicit_cpu_device_is_the_default_path(tok):
+    """``device="cpu"`` trains exactly as the default, leaves the model on the CPU, and exact_fp32 is a no-op there."""
+    runs = []
+    for kw in ({}, {"device": "cpu"}):
+        cfg = tiny_v2_config()
+        _, model = build_model_v2(tok, cfg)
+        hist = train_loop(model, tiny_text_stream(tok), cfg, cfg.steps, log=lambda s: None, **kw)
+        runs.append((hist, model.state_dict()))
+        assert {p.device.type for p in model.parameters()} == {"cpu"} and not model.training
+    assert [h["loss"] for h in runs[0][0]] == [h["loss"] for h in runs[1][0]]
+    assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+    before = torch.are_deterministic_algorithms_enabled()
+    with exact_fp32("cpu"):
+        assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_train_v2_refuses_a_missing_device(capsys):
+    from engram_cli.models.demo.train_v2 import main
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present here")
+    with pytest.raises(SystemExit) as err:
+        main(["-o", "unused", "--device", "cuda"])
+    assert err.value.code == 2 and "--device cuda: no such device here" in capsys.readouterr().err
+
+
 def test_twin_shares_the_backbone_and_lacks_engram(tok):
-    _, model = build_model_v2(tok, _tiny())
-    _, twin = build_model_v2(tok, _tiny(engram=False))
+    _, model = build_model_v2(tok, tiny_v2_config())
+    _, twin = build_model_v2(tok, tiny_v2_config(engram=False))
     m, t = dict(model.named_parameters()), dict(twin.named_parameters())
     assert set(t) == {k for k in m if ".engram." not in k}
     assert all(torch.equal(m[k], t[k]) for k in t)
@@ -162,3 +175,13 @@ def test_shipped_v2_suites_are_what_the_builder_makes():
     corpus = build_corpus_v2()
     suites, _ = build_suites_v2(corpus, bundled_prior(corpus))
     assert suite_files_match(suites, SUITES_V2) == []
+
+
+def test_saved_model_files_follow_the_umask(tok, tmp_path):
+    from engram_cli.fsutil import umask_file_mode
+    from engram_cli.models.demo.train_v2 import save_v2
+
+    lay, model = build_model_v2(tok, tiny_v2_config())
+    save_v2(model, lay, tok, tmp_path / "m", {"note": "test"})
+    modes = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "m").iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {umask_file_mode()}

@@ -20,12 +20,14 @@ import os
 import random
 import time
 import zlib
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from engram_cli.fsutil import umask_file_mode
 from engram_cli.layout.store import save_layout
 from engram_cli.models.demo.corpus import SEED
 from engram_cli.models.demo.corpus_v2 import ANSWER, COPY
@@ -120,13 +122,45 @@ def lr_at(step: int, cfg: V2Config) -> float:
     return cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
 
 
+@contextmanager
+def exact_fp32(device: str):
+    """On CUDA: deterministic kernels and no TF32 (fp32 as on the CPU), restored on exit; a no-op on the CPU."""
+    import torch
+
+    if not device.startswith("cuda"):
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic,
+         torch.backends.cudnn.benchmark) = saved[2:]
+
+
 def train_loop(model, stream: Callable[[int], tuple[np.ndarray, np.ndarray]], cfg: V2Config, steps: int,
-               log: Callable[[str], None] = print) -> list[dict]:
-    """``steps`` AdamW steps over consecutive ``batch x seq_len`` windows of ``stream(epoch)``; deterministic."""
+               log: Callable[[str], None] = print, device: str = "cpu") -> list[dict]:
+    """``steps`` AdamW steps over consecutive ``batch x seq_len`` windows of ``stream(epoch)``; deterministic.
+
+    ``device`` (e.g. ``"cuda"``) trains there under :func:`exact_fp32`; the model is back on the CPU on return.
+    """
+    with exact_fp32(device):
+        return _train_loop(model, stream, cfg, steps, log, device)
+
+
+def _train_loop(model, stream, cfg: V2Config, steps: int, log: Callable[[str], None], device: str) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
     torch.manual_seed(cfg.seed)
+    model.to(device)
     opt = make_optimizer(model, cfg)
     model.train()
     epoch, pos = 0, 0
@@ -137,8 +171,8 @@ def train_loop(model, stream: Callable[[int], tuple[np.ndarray, np.ndarray]], cf
         if pos + per_step + 1 > len(ids):
             epoch, pos = epoch + 1, 0
             ids, cls = stream(epoch)
-        chunk = torch.from_numpy(ids[pos:pos + per_step + 1])
-        c = torch.from_numpy(cls[pos + 1:pos + per_step + 1]).view(cfg.batch_size, cfg.seq_len)
+        chunk = torch.from_numpy(ids[pos:pos + per_step + 1]).to(device)
+        c = torch.from_numpy(cls[pos + 1:pos + per_step + 1]).to(device).view(cfg.batch_size, cfg.seq_len)
         pos += per_step
         x, y = chunk[:-1].view(cfg.batch_size, cfg.seq_len), chunk[1:].view(cfg.batch_size, cfg.seq_len)
         for g in opt.param_groups:
@@ -158,7 +192,7 @@ def train_loop(model, stream: Callable[[int], tuple[np.ndarray, np.ndarray]], cf
                     row[name] = round(losses[m].mean().item(), 4) if m.any() else None
             history.append(row)
             log(json.dumps(row))
-    model.eval()
+    model.to("cpu").eval()
     return history
 
 
@@ -173,7 +207,8 @@ def _check_suites(corpus, directory: Path) -> dict:
     return json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
 
 
-def run(out_dir: Path, cfg: V2Config, time_steps: int | None = None, suites_dir: Path = SUITES_V2, log=print) -> dict:
+def run(out_dir: Path, cfg: V2Config, time_steps: int | None = None, suites_dir: Path = SUITES_V2, log=print,
+        device: str = "cpu") -> dict:
     import torch
 
     from engram_cli.models.demo.bpe import train_bpe
@@ -204,15 +239,15 @@ def run(out_dir: Path, cfg: V2Config, time_steps: int | None = None, suites_dir:
     if time_steps:
         stream(0)
         t1, c1 = time.time(), time.process_time()
-        train_loop(model, stream, cfg, time_steps, log)
+        train_loop(model, stream, cfg, time_steps, log, device)
         per, cpu = (time.time() - t1) / time_steps, (time.process_time() - c1) / time_steps
         return {"seconds_per_step": round(per, 3), "cpu_seconds_per_step": round(cpu, 3),
                 "projected_minutes": round(per * cfg.steps / 60, 1),
                 "projected_minutes_if_cores_idle_lower_bound": round(cpu / torch.get_num_threads() * cfg.steps / 60, 1),
-                "torch_threads": torch.get_num_threads(), "params": n_params}
-    history = train_loop(model, stream, cfg, cfg.steps, log)
+                "torch_threads": torch.get_num_threads(), "params": n_params, "device": device}
+    history = train_loop(model, stream, cfg, cfg.steps, log, device)
     info = {"train_config": asdict(cfg), "params": n_params, "engram_params": n_engram, "history": history,
-            "train_wall_s": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads(),
+            "train_wall_s": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads(), "train_device": device,
             "suites_manifest_sha256": {k: v["sha256"] for k, v in manifest["suites"].items()},
             "sources": corpus.sources, **measure(model, tok, corpus, cfg, stream(0)[0])}
     save_v2(model, lay, tok, out_dir, info)
@@ -248,6 +283,9 @@ def save_v2(model, lay, tok, out_dir: Path, info: dict) -> None:
     if lay is not None:
         save_layout(lay, out_dir)
     (out_dir / "training_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    for f in out_dir.iterdir():  # save_pretrained's weights come out 0600 (a temporary file renamed)
+        if f.is_file():
+            os.chmod(f, umask_file_mode())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,11 +296,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-engram", action="store_true", help="train the twin without Engram modules")
     ap.add_argument("--steps", type=int, default=V2Config.steps)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=V2Config.batch_size, help="sequences of seq_len tokens per step")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda[:N] (deterministic kernels, no TF32)")
     ap.add_argument("--time-steps", type=int, default=None, help="time this many steps, print the projection, write nothing")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = V2Config(engram=not args.no_engram, steps=args.steps)
-    res = run(args.output, cfg, args.time_steps)
+    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
+        ap.error(f"--device {args.device}: no such device here (torch.cuda.is_available() is "
+                 f"{torch.cuda.is_available()}); use --device cpu")
+    cfg = V2Config(engram=not args.no_engram, steps=args.steps, batch_size=args.batch_size)
+    res = run(args.output, cfg, args.time_steps, device=args.device)
     print(json.dumps({k: v for k, v in res.items() if k != "history"}))
     return 0
 
