@@ -20,7 +20,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from engram_cli.analysis.batching import budget_groups, length_order, pad_batch
+from engram_cli.analysis.batching import budget_groups, fixed_batches, length_order, pad_batch
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 
@@ -119,50 +119,64 @@ class Evaluator:
 
     # ------------------------------------------------------------------ generation
     def generate(self, items, conditions, until: list[str], max_gen_toks: int, progress=None) -> ItemScores:
-        import torch
-
-        res = ItemScores(scores=[[] for _ in conditions], outputs=[[] for _ in conditions])
-        for b0 in range(0, len(items), self.batch_size):
-            batch = items[b0:b0 + self.batch_size]
-            ctxs = [self.tok.encode(it["context"])[-(self.max_length - max_gen_toks):] for it in batch]
+        """Greedy decoding per condition; batches hold contexts of similar length (longest first)."""
+        ctxs = [self.tok.encode(it["context"])[-(self.max_length - max_gen_toks):] for it in items]
+        texts = [[""] * len(items) for _ in conditions]
+        kl = [0.0] * len(items)
+        finished = 0
+        for idx in fixed_batches([len(c) for c in ctxs], self.batch_size):
             first_lp: list[Any] = []  # batch-local first-step distributions per condition
             for c, cond in enumerate(conditions):
-                seqs = [list(s) for s in ctxs]
-                done = [False] * len(batch)
-                texts = [""] * len(batch)
-                with torch.no_grad(), cond():
-                    for step in range(max_gen_toks):
-                        active = [k for k in range(len(batch)) if not done[k]]  # finished rows leave the batch
-                        x = self._pad([seqs[k] for k in active])
-                        last = torch.zeros_like(x, dtype=torch.bool)
-                        for r, k in enumerate(active):
-                            last[r, len(seqs[k]) - 1] = True
-                        logits = self.view.logits_at(x, last)
-                        if step == 0 and len(conditions) > 1:
-                            first_lp.append(torch.log_softmax(logits, -1).cpu())
-                        nxt = dict(zip(active, logits.argmax(-1).tolist()))
-                        for k in active:
-                            if self.tok.eos_id is not None and nxt[k] == self.tok.eos_id:
-                                done[k] = True
-                                continue
-                            seqs[k].append(nxt[k])
-                            texts[k] = self.tok.decode(seqs[k][len(ctxs[k]):])
-                            if any(u in texts[k] for u in until):
-                                done[k] = True
-                        if all(done):
-                            break
-                for k, it in enumerate(batch):
-                    out = texts[k]
-                    cut = min([out.find(u) for u in until if u in out] or [len(out)])
-                    out = out[:cut]
-                    res.outputs[c].append(out)
-                    ok = any(normalize_answer(out) == normalize_answer(a) for a in it["answers"])
-                    res.scores[c].append(float(ok))
+                outs = self._greedy([ctxs[i] for i in idx], cond, until, max_gen_toks,
+                                    first_lp if len(conditions) > 1 else None)
+                for i, out in zip(idx, outs):
+                    texts[c][i] = out
             if len(first_lp) > 1:
-                res.kl += [float(x) for x in _kl(first_lp[0], first_lp[1])]
+                for i, v in zip(idx, _kl(first_lp[0], first_lp[1]).tolist()):
+                    kl[i] = float(v)
+            finished += len(idx)
             if progress:
-                progress(min(b0 + self.batch_size, len(items)), len(items), "")
+                progress(finished, len(items), "")
+        res = ItemScores(scores=[[] for _ in conditions], outputs=[[] for _ in conditions])
+        for c in range(len(conditions)):
+            for i, it in enumerate(items):
+                out = texts[c][i]
+                out = out[:min([out.find(u) for u in until if u in out] or [len(out)])]
+                res.outputs[c].append(out)
+                res.scores[c].append(float(any(normalize_answer(out) == normalize_answer(a) for a in it["answers"])))
+        if len(conditions) > 1:
+            res.kl = kl
         return res
+
+    def _greedy(self, ctxs: list[list[int]], cond, until: list[str], max_gen_toks: int, first_lp: list | None) -> list[str]:
+        """Decoded continuations of ``ctxs`` under ``cond``; finished rows leave the batch."""
+        import torch
+
+        seqs = [list(s) for s in ctxs]
+        done = [False] * len(seqs)
+        texts = [""] * len(seqs)
+        with torch.no_grad(), cond():
+            for step in range(max_gen_toks):
+                active = [k for k in range(len(seqs)) if not done[k]]
+                x = self._pad([seqs[k] for k in active])
+                last = torch.zeros_like(x, dtype=torch.bool)
+                for r, k in enumerate(active):
+                    last[r, len(seqs[k]) - 1] = True
+                logits = self.view.logits_at(x, last)
+                if step == 0 and first_lp is not None:
+                    first_lp.append(torch.log_softmax(logits, -1).cpu())
+                nxt = dict(zip(active, logits.argmax(-1).tolist()))
+                for k in active:
+                    if self.tok.eos_id is not None and nxt[k] == self.tok.eos_id:
+                        done[k] = True
+                        continue
+                    seqs[k].append(nxt[k])
+                    texts[k] = self.tok.decode(seqs[k][len(ctxs[k]):])
+                    if any(u in texts[k] for u in until):
+                        done[k] = True
+                if all(done):
+                    break
+        return texts
 
     # ------------------------------------------------------------------ perplexity
     def _vocab_size(self) -> int:

@@ -206,3 +206,12 @@ def test_generation_outputs_do_not_depend_on_batching(tmp_path):
     assert together.outputs[0] == alone
     lengths = {len(o) for o in alone}
     assert len(lengths) > 1  # rows did finish at different steps
+    # batches of 3 are formed longest context first: outputs and per-item KL come back in item order
+    from engram_cli.analysis.hooks import engram_ablation
+
+    conds = [no_hooks, lambda: engram_ablation(view, [1, 2], mode="zero")]
+    by3 = Evaluator(view, tok, batch_size=3).generate(items, conds, until, 6)
+    one = [Evaluator(view, tok, batch_size=1).generate([it], conds, until, 6) for it in items]
+    assert by3.outputs[0] == alone and by3.outputs[1] == [r.outputs[1][0] for r in one]
+    assert by3.kl == pytest.approx([r.kl[0] for r in one], rel=1e-4, abs=1e-6)  # float32 batch shapes
+    assert len(set(by3.kl)) == len(items)  # distinct per item, so a misordering would show
