@@ -185,3 +185,39 @@ def test_saved_model_files_follow_the_umask(tok, tmp_path):
     save_v2(model, lay, tok, tmp_path / "m", {"note": "test"})
     modes = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "m").iterdir()}
     assert "model.safetensors" in modes and set(modes.values()) == {umask_file_mode()}
+
+
+def test_copy_probe_stream_labels_the_repeats():
+    from engram_cli.models.demo.copy_probe import copy_stream, held_out_spans
+    from engram_cli.models.demo.corpus_v2 import COPY
+
+    ids, cls = copy_stream(0, symbols=20, reps=3, min_len=4, max_len=9, newline=7, eos=0, docs=50)
+    assert ids.shape == cls.shape
+    again = copy_stream(0, symbols=20, reps=3, min_len=4, max_len=9, newline=7, eos=0, docs=50)
+    assert np.array_equal(ids, again[0]) and np.array_equal(cls, again[1])
+    docs = np.split(ids, np.flatnonzero(ids == 0) + 1)[:-1]
+    assert len(docs) == 50
+    pos = 0
+    for doc in docs:  # S 7 S 7 S 0: the second and third copies are COPY, separators and the end are not
+        n = (len(doc) - 3) // 3
+        assert list(doc[:n]) == list(doc[n + 1:2 * n + 1]) == list(doc[2 * n + 2:3 * n + 2]) and doc[n] == doc[2 * n + 1] == 7
+        expected = [0] * (n + 1) + ([COPY] * n + [0]) * 2
+        assert list(cls[pos:pos + len(doc)]) == expected
+        pos += len(doc)
+    spans = held_out_spans(20, 7, n=3, length=5)
+    assert all(s[:5] == s[6:] and s[5] == 7 for s in spans)
+
+
+def test_copy_probe_runs_and_reports(capsys):
+    import json
+
+    from engram_cli.models.demo.copy_probe import main
+
+    assert main(["--steps", "3", "--log-every", "25", "--symbols", "40", "--batch-size", "2", "--seq-len", "16"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["step"] for r in rows[:-1]] == [0, 2]  # train_loop records every 25th step and the last
+    assert all(np.isfinite(r["copy_loss"]) for r in rows[:-1])
+    assert 0.0 <= rows[-1]["copy_accuracy"] <= 1.0 and rows[-1]["reps"] == 2
+    with pytest.raises(SystemExit) as err:
+        main(["--separator-id", "999999"])
+    assert err.value.code == 2
