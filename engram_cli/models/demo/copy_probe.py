@@ -22,6 +22,7 @@ import random
 import numpy as np
 
 from engram_cli.models.demo.corpus_v2 import COPY, OTHER
+from engram_cli.models.demo.stream_v2 import copy_probe
 from engram_cli.models.demo.train_v2 import SUITES_V2, V2Config, build_model_v2, train_loop
 
 TOKENIZER = SUITES_V2.parent / "demo-model-v2" / "tokenizer.json"
@@ -43,9 +44,8 @@ def copy_stream(epoch: int, symbols: int, reps: int, min_len: int, max_len: int,
 
 
 def held_out_spans(symbols: int, newline: int, n: int = 64, length: int = 20, seed: int = 123) -> list[list[int]]:
-    rng = random.Random(seed)
-    spans = [[rng.randrange(FIRST_SYMBOL, FIRST_SYMBOL + symbols) for _ in range(length)] for _ in range(n)]
-    return [s + [newline] + s for s in spans]
+    """``stream_v2.copy_probe`` over this probe's symbols."""
+    return copy_probe(seed, n, FIRST_SYMBOL + symbols, newline, length, first=FIRST_SYMBOL)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,12 +51,12 @@ def copy_documents(rng: random.Random, n: int, vocab_size: int, newline: int, re
     return out
 
 
-def copy_probe(seed: int, n: int, vocab_size: int, newline: int, length: int = 30) -> list[list[int]]:
-    """Held-out random copy sequences ``S + newline + S`` (a seed never used for training data)."""
+def copy_probe(seed: int, n: int, vocab_size: int, newline: int, length: int = 30, first: int = 1) -> list[list[int]]:
+    """Held-out random copy sequences ``S + newline + S``, ids in ``[first, vocab_size)`` (a seed never used for training data)."""
     rng = random.Random(seed)
     seqs = []
     for _ in range(n):
-        span = [rng.randrange(1, vocab_size) for _ in range(length)]
+        span = [rng.randrange(first, vocab_size) for _ in range(length)]
         seqs.append(span + [newline] + span)
     return seqs
 
