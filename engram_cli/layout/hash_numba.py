@@ -6,18 +6,28 @@ the rules of :func:`engram_cli.layout.hashing.available_lookbacks`), builds the 
 incrementally (each order's mix is shared by its heads) and writes ``mix mod p + offset``
 straight into the ``[tokens, layers, columns]`` output (int64 or int32). No temporaries.
 
-Exact modulo (``mod_exact``). For ``0 <= x < 2**63`` and a prime ``2**13 <= p < 2**32`` the
-quotient comes from a float64 reciprocal: ``Q = fl(fl(x) * fl(1/p))``. Each of the three
-roundings has relative error <= 2**-53, so ``|Q - x/p| <= (x/p) * ((1 + 2**-53)**3 - 1)
-< (2**63 / p) * 3.0000001 * 2**-53 = 3.0000001 * 2**10 / p <= 0.375`` for ``p >= 2**13``.
-``Q >= 0``, so ``q = trunc(Q) = floor(Q)`` is ``floor(x/p) - 1``, ``floor(x/p)`` or
-``floor(x/p) + 1``, and ``r = x - q*p`` lies in ``[-p, 2p)``; one integer correction each way
-(``r += p`` if ``r < 0``, ``r -= p`` if ``r >= p``) gives ``x mod p`` exactly. ``q*p`` may wrap
-for x near 2**63, but int64 arithmetic is exact modulo 2**64 and the true ``r`` fits in int64
-(``|r| < 2**34``), so ``r`` is right. Smaller or larger primes (and negative x, which valid
-inputs never produce: every product ``token * multiplier`` is below 2**63) use integer ``%``
-(floor modulo, as numpy's ``%``). ``tests/unit/test_hash_numba.py`` checks both corrections
-occur at ``p = 8209`` (the smallest prime >= 2**13; 8191 = 2**13 - 1 takes the integer path).
+Exact modulo, fast path (``mod_fast``, the kernel's inner loop). For ``0 <= x < 2**63`` and a
+prime ``2**13 <= p < 2**31`` the quotient comes from a float64 reciprocal:
+``Q = fl(fl(x) * fl(1/p))``. Each of the three roundings has relative error <= 2**-53, so
+``|Q - x/p| <= (x/p) * ((1 + 2**-53)**3 - 1) < (2**63 / p) * 3.0000001 * 2**-53 =
+3.0000001 * 2**10 / p <= 0.375`` for ``p >= 2**13``. ``0 <= Q < 2**51``, so ``Q + 2**52`` is
+rounded to an integer exactly once (the float64 spacing there is 1) and its bit pattern holds
+``q = round(Q)`` in its low 52 bits: no float -> int conversion, which AVX2 has no vector form
+of. ``|q - x/p| <= 0.875`` makes ``q`` ``floor(x/p)`` or ``floor(x/p) + 1``, so the true
+``r = x - q*p`` lies in ``[-p, p)`` and one ``r += p if r < 0`` gives ``x mod p``. ``r`` fits in
+int32 (``p < 2**31``), so it is the sign-extended low 32 bits of ``x - bits*p`` computed with
+wrapping int64 arithmetic: the exponent bits of ``bits`` (a multiple of 2**52) and any wrap
+only touch bits 32 and up. ``tests/unit/test_hash_numba.py`` checks the correction both taken
+and not at ``p = 8209`` (the smallest prime >= 2**13) and ``p = 2**31 - 1``, near 2**63 and near
+multiples of p. LLVM vectorises this loop four heads wide.
+
+General modulo (``mod_exact``, orders with another prime or a possibly negative mix): for
+``2**13 <= p < 2**32``, ``trunc(Q)`` is ``floor(x/p) - 1``, ``floor(x/p)`` or ``floor(x/p) + 1``
+and ``r = x - q*p`` in ``[-p, 2p)`` takes one integer correction each way (``q*p`` may wrap for
+x near 2**63, but int64 arithmetic is exact modulo 2**64 and ``|r| < 2**34``). Smaller or
+larger primes (and negative x, which valid inputs never produce: every product
+``token * multiplier`` is below 2**63) use integer ``%`` (floor modulo, as numpy's ``%``).
+The same test checks both corrections at ``p = 8209``.
 
 This module imports numba at import time: import it lazily (``hashing`` does).
 """
@@ -31,8 +41,12 @@ prepare_numba()  # numba's array support without SciPy's BLAS (before numba load
 import numba as nb  # noqa: E402
 import numpy as np  # noqa: E402
 
+from engram_cli.numba_bits import f64_bits  # noqa: E402
+
 FLOAT_MOD_MIN_PRIME = 1 << 13
 FLOAT_MOD_MAX_PRIME = 1 << 32
+FAST_MOD_MAX_PRIME = 1 << 31  # mod_fast: the remainder fits in int32
+TWO52 = float(1 << 52)
 START, DEAD = 1, 2  # bits of the per-token flags
 CHUNK = 4096
 
@@ -63,13 +77,22 @@ def mod_exact(x, p, inv):
     return r
 
 
-def _fast_orders(comp: np.ndarray, pad: int, mults: np.ndarray, inv: np.ndarray, n_heads: int) -> np.ndarray:
+@nb.njit(cache=True, nogil=True, inline="always")
+def mod_fast(x, xf, p, inv):
+    """``x mod p`` for ``0 <= x < 2**63``, ``2**13 <= p < 2**31``, ``xf = float64(x)``, ``inv = 1/p``
+    (see the module docstring: the rounded quotient read from the bits of ``Q + 2**52``)."""
+    r = np.int64(np.int32(x - f64_bits(xf * inv + TWO52) * p))
+    return r + p if r < 0 else r
+
+
+def _fast_orders(comp: np.ndarray, pad: int, mults: np.ndarray, primes: np.ndarray, inv: np.ndarray, n_heads: int) -> np.ndarray:
     """``[L, N-1]`` bool: every product ``token * m_k`` lies in [0, 2**63) (so every mix does)
-    and every head of the order takes the float path."""
+    and every head of the order has a prime ``mod_fast`` takes (``2**13 <= p < 2**31``)."""
     lo, hi = min(int(comp.min()), pad), max(int(comp.max()), pad)
     n_layers, max_n = mults.shape
     no_wrap = [lo >= 0 and all(0 <= int(m) and hi * int(m) < 2**63 for m in mults[li]) for li in range(n_layers)]
-    heads_ok = (inv != 0.0).reshape(n_layers, max_n - 1, n_heads).all(axis=2)
+    fast_prime = (inv != 0.0) & (primes < FAST_MOD_MAX_PRIME)
+    heads_ok = fast_prime.reshape(n_layers, max_n - 1, n_heads).all(axis=2)
     return heads_ok & np.asarray(no_wrap, dtype=bool)[:, None]
 
 
@@ -97,8 +120,8 @@ def hash_kernel(comp, row_len, flags, eos, pad, mults, primes, inv, fast, offset
 
     ``flags [B*T]`` uint8 (``START | DEAD`` bits) or an empty array; ``eos``: the compressed
     EOS id after which a segment restarts (-1: none); ``mults [L, N]``, ``primes``, ``inv``,
-    ``offsets [L, C]``; ``fast [L, N-1]``: the order's mixes are >= 0 and all its heads take
-    the float path, so the branch-free loop applies.
+    ``offsets [L, C]``; ``fast [L, N-1]``: the order's mixes are >= 0 and all its primes suit
+    ``mod_fast``, so the branch-free loop (vectorised over heads) applies.
     """
     total = comp.shape[0]
     n_layers = primes.shape[0]
@@ -127,11 +150,7 @@ def hash_kernel(comp, row_len, flags, eos, pad, mults, primes, inv, fast, offset
                     if fast[li, k - 1]:
                         xf = np.float64(mix)
                         for h in range(n_heads):  # (range(c, c + n_heads) compiles to a 1.7x slower loop)
-                            p = primes[li, c + h]
-                            r = mix - np.int64(xf * inv[li, c + h]) * p
-                            r = r + p if r < 0 else r
-                            r = r - p if r >= p else r
-                            out[t, li, c + h] = r + offsets[li, c + h]
+                            out[t, li, c + h] = mod_fast(mix, xf, primes[li, c + h], inv[li, c + h]) + offsets[li, c + h]
                     else:
                         for h in range(n_heads):
                             out[t, li, c + h] = mod_exact(mix, primes[li, c + h], inv[li, c + h]) + offsets[li, c + h]
@@ -177,7 +196,7 @@ def hash_global(
     offs = np.ascontiguousarray(offsets, dtype=np.int64).reshape(n_layers, n_cols)
     eos = -1 if eos_id is None else int(eos_id)
     inv = reciprocals(pr)
-    fast = _fast_orders(comp, int(pad_id), mults, inv, int(n_heads))
+    fast = _fast_orders(comp, int(pad_id), mults, pr, inv, int(n_heads))
     prev = nb.get_num_threads()
     want = max(1, min(int(threads or prev), nb.config.NUMBA_NUM_THREADS))
     nb.set_num_threads(want)

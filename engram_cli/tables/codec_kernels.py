@@ -36,27 +36,10 @@ prepare_numba()  # numba's array support without SciPy's BLAS (before numba load
 
 import numba as nb  # noqa: E402
 import numpy as np  # noqa: E402
-from llvmlite import ir  # noqa: E402
-from numba.core import types  # noqa: E402
-from numba.extending import intrinsic  # noqa: E402
+
+from engram_cli.numba_bits import bits_f32, f32_bits  # noqa: E402
 
 E4M3_MAX = np.float32(448.0)
-
-
-@intrinsic
-def _f32_bits(typingctx, x):
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return types.uint32(types.float32), codegen
-
-
-@intrinsic
-def _bits_f32(typingctx, b):
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return types.float32(types.uint32), codegen
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -70,13 +53,13 @@ def e4m3_from_f32(v):
     bits; ``2**-9``, the subnormal step, below 2**-6) in the fp32 unit's nearest-even mode;
     the code is then read off the result's bits (normal) or ``r * 2**9`` (subnormal).
     """
-    bits = _f32_bits(v)
-    a = _bits_f32(bits & np.uint32(0x7FFFFFFF))
+    bits = f32_bits(v)
+    a = bits_f32(bits & np.uint32(0x7FFFFFFF))
     eb = bits & np.uint32(0x7F800000)
     eb = eb if eb > np.uint32(121 << 23) else np.uint32(121 << 23)
-    magic = _bits_f32(np.uint32(eb + np.uint32(20 << 23)))
+    magic = bits_f32(np.uint32(eb + np.uint32(20 << 23)))
     r = (a + magic) - magic
-    nor = np.int32(_f32_bits(r) >> np.uint32(20)) - np.int32(120 << 3)
+    nor = np.int32(f32_bits(r) >> np.uint32(20)) - np.int32(120 << 3)
     sub = np.int32(r * np.float32(512.0))
     res = nor if r >= np.float32(2.0**-6) else sub
     res = np.int32(0x7E) if a >= E4M3_MAX else res
@@ -100,7 +83,7 @@ def _fp8_scale_byte(mb):
     """The e8m0 scale byte of a group whose largest ``|x|`` has fp32 bits ``mb``."""
     sb = 127  # e = 0: amax 0, NaN, inf, or amax / 448 rounding to 0 (torch's frexp gives exponent 0 there)
     if np.uint32(0) < mb < np.uint32(0x7F800000):
-        rb = _f32_bits(_bits_f32(mb) / E4M3_MAX)
+        rb = f32_bits(bits_f32(mb) / E4M3_MAX)
         ex = np.int64(rb >> np.uint32(23))  # ratio = 1.m * 2**(ex - 127); e = ceil(log2(ratio))
         if ex > 0:
             sb = min(254, ex if (rb & np.uint32(0x7FFFFF)) == 0 else ex + 1)
@@ -113,9 +96,9 @@ def _fp8_scale_byte(mb):
 def _fp8_group(bbuf, n, w_out, c0, s_out, g):
     """Quantise fp32 bits ``bbuf[:n]`` into codes ``w_out[c0:c0+n]`` and scale byte ``s_out[g]``."""
     sb = _fp8_scale_byte(_amax_bits(bbuf, n))
-    inv = _bits_f32(np.uint32((254 - sb) << 23))  # 2**-(sb - 127), exact (sb <= 254 keeps it normal)
+    inv = bits_f32(np.uint32((254 - sb) << 23))  # 2**-(sb - 127), exact (sb <= 254 keeps it normal)
     for i in range(n):
-        v = _bits_f32(bbuf[i]) * inv
+        v = bits_f32(bbuf[i]) * inv
         v = E4M3_MAX if v > E4M3_MAX else v  # NaN passes both
         v = -E4M3_MAX if v < -E4M3_MAX else v
         w_out[c0 + i] = e4m3_from_f32(v)
@@ -128,9 +111,9 @@ def _int8_group(bbuf, n, w_out, c0, s_out, g):
     mb = _amax_bits(bbuf, n)
     scale = np.float32(1.0)
     if np.uint32(0) < mb <= np.uint32(0x7F800000):  # amax > 0 (inf included, NaN not)
-        scale = _bits_f32(mb) / np.float32(127.0)
+        scale = bits_f32(mb) / np.float32(127.0)
     for i in range(n):
-        v = np.rint(_bits_f32(bbuf[i]) / scale)
+        v = np.rint(bits_f32(bbuf[i]) / scale)
         v = np.float32(127.0) if v > np.float32(127.0) else v
         v = np.float32(-127.0) if v < np.float32(-127.0) else v
         q = np.int32(v) if v == v else np.int32(0)  # NaN -> 0, as torch's cast
@@ -264,7 +247,7 @@ def _fp8_magnitude_table():
         elif b > 0x7FFF:
             t[j] = 0x7E
         else:
-            v = _bits_f32(np.uint32(b) << np.uint32(16))
+            v = bits_f32(np.uint32(b) << np.uint32(16))
             t[j] = e4m3_from_f32(E4M3_MAX if v > E4M3_MAX else v)
     return t
 
@@ -324,11 +307,11 @@ def bf16_to_int8(x, group, w_out, s_out, write_w):
             continue
         scale = np.float32(1.0)
         if mx[g] > np.uint16(0):
-            scale = _bits_f32(np.uint32(mx[g]) << np.uint32(16)) / np.float32(127.0)
+            scale = bits_f32(np.uint32(mx[g]) << np.uint32(16)) / np.float32(127.0)
         s_out[g] = scale
         if write_w:
             for i in range(group):
-                v = np.rint(_bits_f32(np.uint32(x[base + i]) << np.uint32(16)) / scale)
+                v = np.rint(bits_f32(np.uint32(x[base + i]) << np.uint32(16)) / scale)
                 v = min(max(v, np.float32(-127.0)), np.float32(127.0))
                 w_out[base + i] = np.uint8(np.int32(v) & 0xFF)
 

@@ -128,23 +128,34 @@ def test_numba_equals_numpy_kernel_on_long_mixed_input():
     np.testing.assert_array_equal(hn.hash_global(comp, *args, start_mask=starts, eos_id=5), hashing.hash_numpy(comp, eos, *args))
 
 
-def _adversarial(n_heads=2):
+# Prime sets for the adversarial mixes: every path in mixed orders (integer %, the general float
+# path, above int32) and orders whose primes all take ``mod_fast`` (its extremes 8209 and 2**31 - 1).
+ADVERSARIAL_PRIMES = {
+    "mixed": [[2, 3, 8191, 8209], [65_521, 16_000_057, 2**31 - 1, 2**61 - 1]],
+    "fast": [[8209, 8219, 2**31 - 19, 2**31 - 1], [16_000_057, 2**31 - 1, 8209, 65_521]],
+}
+
+
+def _adversarial(primes, n_heads=2):
     """Multipliers at the int64 bound for vocab 300, tokens at its top: products and mixes near 2**63."""
     vocab = 300
     bound = I64_MAX // vocab
     mults = [[bound - 1 if bound % 2 == 0 else bound, bound - 2 if bound % 2 else bound - 3, bound - 40] for _ in range(2)]
-    primes = [[2, 3, 8191, 8209], [65_521, 16_000_057, 2**31 - 1, 2**61 - 1]]  # every path, 2 heads x orders 2..3
-    offsets = [[0, 2, 5, 8196], [0, 65_521, 16_065_578, 16_065_578 + 2**31 - 1]]
+    offsets = [list(np.concatenate([[0], np.cumsum(row[:-1])])) for row in primes]
     rng = np.random.default_rng(5)
     comp = np.where(rng.random((2, 4000)) < 0.7, vocab - 1 - rng.integers(0, 3, (2, 4000)), rng.integers(0, vocab, (2, 4000)))
     return comp.astype(np.int64), mults, primes, offsets, n_heads
 
 
-def test_mixes_near_2_63_equal_numpy_and_straightforward():
+@pytest.mark.parametrize("prime_set", sorted(ADVERSARIAL_PRIMES))
+def test_mixes_near_2_63_equal_numpy_and_straightforward(prime_set):
     hn = _numba()
-    comp, mults, primes, offsets, heads = _adversarial()
+    comp, mults, primes, offsets, heads = _adversarial(ADVERSARIAL_PRIMES[prime_set])
     products = comp.max() * np.asarray(mults, dtype=object)
     assert (products < 2**63).all() and (products > 2**62).all()
+    pr = np.asarray(primes, dtype=np.int64)
+    fast = hn._fast_orders(comp, 299, np.asarray(mults, dtype=np.int64), pr, hn.reciprocals(pr), heads)
+    assert fast.all() if prime_set == "fast" else fast.any() and not fast.all()  # both loops run where meant
     _, want = straightforward_hash(comp, 299, mults, primes, offsets, heads)
     got = hn.hash_global(comp, 299, mults, primes, offsets, heads)
     np.testing.assert_array_equal(got, want)
@@ -154,6 +165,30 @@ def test_mixes_near_2_63_equal_numpy_and_straightforward():
     np.testing.assert_array_equal(got[0, :50], slow)
 
 
+def _edge_inputs(p):
+    """x near 2**63 and near multiples of p (below and above), plus the ends of the range."""
+    top = I64_MAX // p
+    ks = np.concatenate([top - np.arange(2000), np.random.default_rng(0).integers(2**20, top, 2000)])
+    xs = [int(k) * p + d for k in ks for d in (-2, -1, 0, 1, p // 2, p - 1) if 0 <= int(k) * p + d <= I64_MAX]
+    return xs + [I64_MAX, I64_MAX - 1, 0, 1, p - 1, p, 2**53 + 1, 2**62]
+
+
+@pytest.mark.parametrize("p", [8209, 2**31 - 1])
+def test_fast_modulo_edge_takes_and_skips_the_correction(p):
+    """``mod_fast`` at its smallest and largest prime: the rounded quotient is floor(x/p) or one
+    more, and the one correction (``r += p``) is needed for some inputs and not for others."""
+    hn = _numba()
+    inv = float(hn.reciprocals(np.array([p]))[0])
+    taken = skipped = 0
+    for x in _edge_inputs(p):
+        q = round(float(x) * inv)  # fl(fl(x) * fl(1/p)) rounded half-even, as Q + 2**52 does
+        assert x // p <= q <= x // p + 1
+        taken += q > x // p
+        skipped += q == x // p
+        assert hn.mod_fast(np.int64(x), float(x), np.int64(p), inv) == x % p
+    assert taken and skipped, "the test no longer reaches both cases"
+
+
 def test_float_modulo_edge_needs_both_corrections():
     """At p = 8209 (smallest prime >= 2**13) and x near 2**63 and near multiples of p, the
     float quotient is off by one both ways and the integer correction repairs it."""
@@ -161,10 +196,7 @@ def test_float_modulo_edge_needs_both_corrections():
     p = 8209
     inv = float(hn.reciprocals(np.array([p]))[0])
     assert inv != 0.0 and float(hn.reciprocals(np.array([8191]))[0]) == 0.0
-    top = I64_MAX // p
-    ks = np.concatenate([top - np.arange(2000), np.random.default_rng(0).integers(2**40, top, 2000)])
-    xs = [int(k) * p + d for k in ks for d in (-2, -1, 0, 1, p - 1) if 0 <= int(k) * p + d <= I64_MAX]
-    xs += [I64_MAX, I64_MAX - 1, 0, 1, p - 1, p, 2**53 + 1, 2**62]
+    xs = _edge_inputs(p)
     low = high = 0
     for x in xs:
         q = hn.quotient_estimate(np.int64(x), inv)
