@@ -3,13 +3,17 @@
 :func:`table_block` gives rows ``[a, b)`` of a table in the encoding an output tensor asks
 for (reading into a caller's pooled buffer where it can); :func:`copy_ranges` tells when an
 output tensor is a pure byte copy of source ranges; :func:`stream_tensor` feeds one output
-tensor, block by block, into a writer (:class:`~engram_cli.tables.writer.Sink`). Used by the
-executor and by verification alike; memory is bounded by the block size.
+tensor, block by block, into a writer (:class:`~engram_cli.tables.writer.Sink`), keeping the
+scales a quantisation computed beside the weights for the scale tensor that follows them
+(:class:`ScaleMemo`). Used by the executor and by verification alike; memory is bounded by
+the block size.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -24,15 +28,90 @@ if TYPE_CHECKING:  # pragma: no cover
     from engram_cli.tables.writer import Sink
 
 
-def table_block(reader: RowReader, t, sl: TableSlice, a: int, b: int, out: np.ndarray | None = None) -> np.ndarray:
+class ScaleMemo:
+    """The scale rows a conversion computes beside the weights, kept for the scale tensor of
+    the same rows, later in the same file or in a later file of the same run.
+
+    A quantised table is written as its weight tensor, then its scale tensor. Without the memo
+    the scale tensor reads the whole source a second time (from disk, for a table larger than
+    the page cache) and recomputes every group's scale; with it, the scales come from the
+    weight pass (the same codec call, so the same bytes), parked in a spill file in the
+    staging folder (1/64 of a bf16 source for fp8 scales, 1/16 for int8's fp32 scales) and
+    read back through the writer's pooled buffers: memory stays as it was. One table slice at
+    a time."""
+
+    READ_BYTES = 4 * 2**20  # read back in slices of this size
+
+    def __init__(self, wanted: set, spill: Path) -> None:
+        self.wanted = wanted  # keys of the scale tensors the plan holds
+        self.spill = spill
+        self._fd: int | None = None
+        self._key: tuple | None = None  # the slice whose scales are complete in the spill file
+        self._nbytes = 0
+
+    @staticmethod
+    def key_of(sl: TableSlice) -> tuple:
+        return (sl.layer, sl.encoding, sl.pieces, sl.heads)
+
+    def start(self, sl: TableSlice) -> bool:
+        """Keep the scales of weight slice ``sl`` if a scale tensor of the same rows is planned."""
+        if self.key_of(sl) not in self.wanted:
+            return False
+        self.close()
+        self._fd = os.open(self.spill, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._key, self._nbytes = None, 0
+        return True
+
+    def put(self, s: np.ndarray) -> None:
+        """Append the next block's scale rows (uint8 ``[n, scale row bytes]``)."""
+        data = memoryview(np.ascontiguousarray(s)).cast("B")
+        done = 0
+        while done < data.nbytes:
+            done += os.pwrite(self._fd, data[done:], self._nbytes + done)
+        self._nbytes += data.nbytes
+
+    def finish(self, sl: TableSlice) -> None:
+        """The weight pass of ``sl`` completed: its scales are whole."""
+        self._key = self.key_of(sl)
+
+    def take(self, sl: TableSlice, nbytes: int) -> bool:
+        """Whether the scale rows of scale slice ``sl`` (``nbytes`` of them) were kept; then
+        :meth:`read` gives them back and :meth:`close` drops them."""
+        if self._key != self.key_of(sl):
+            return False
+        if self._nbytes != nbytes:
+            raise VerificationError(f"layer {sl.layer}: kept scales of {self._nbytes} bytes, planned {nbytes}")
+        self._key = None
+        return True
+
+    def read(self, out: np.ndarray, offset: int) -> None:
+        """Fill uint8 ``out`` with the kept bytes at ``offset``."""
+        mv, got = memoryview(out).cast("B"), 0
+        while got < mv.nbytes:
+            k = os.preadv(self._fd, [mv[got:]], offset + got)
+            if k <= 0:
+                raise VerificationError(f"{self.spill.name}: ends at byte {offset + got}, {self._nbytes} were kept")
+            got += k
+
+    def close(self) -> None:
+        """Close and remove the spill file (idempotent)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self.spill.unlink(missing_ok=True)
+
+
+def table_block(reader: RowReader, t, sl: TableSlice, a: int, b: int, out: np.ndarray | None = None,
+                on_scales: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
     """Rows ``[a, b)`` of table ``t`` encoded as ``sl`` asks, as ``uint8 [n, row_bytes]``.
 
     With ``out`` (a uint8 buffer of at least the block's bytes, e.g. a pooled one) the result
     is always placed in it; source rows that feed a conversion go to the reader's scratch
-    buffers, so a block allocates nothing but what a codec needs internally."""
+    buffers, so a block allocates nothing but what a codec needs internally. ``on_scales``
+    (weight part of a conversion with scales) is given the block's scale rows."""
     if out is None:
-        return _table_block(reader, t, sl, a, b, None)
-    res = _table_block(reader, t, sl, a, b, out)
+        return _table_block(reader, t, sl, a, b, None, on_scales)
+    res = _table_block(reader, t, sl, a, b, out, on_scales)
     if not np.may_share_memory(res, out):
         if res.nbytes > out.nbytes:
             raise VerificationError(f"layer {t.layer_id}: block of {res.nbytes} bytes exceeds its buffer")
@@ -42,7 +121,8 @@ def table_block(reader: RowReader, t, sl: TableSlice, a: int, b: int, out: np.nd
     return res
 
 
-def _table_block(reader: RowReader, t, sl: TableSlice, a: int, b: int, out: np.ndarray | None) -> np.ndarray:
+def _table_block(reader: RowReader, t, sl: TableSlice, a: int, b: int, out: np.ndarray | None,
+                 on_scales: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
     same = sl.encoding == t.encoding
     part = sl.part
     n = b - a
@@ -79,6 +159,10 @@ def _table_block(reader: RowReader, t, sl: TableSlice, a: int, b: int, out: np.n
         return convert_scales(t.encoding, sl.encoding, t.dim, w_in(), s_in())
     w, s = convert(t.encoding, sl.encoding, t.dim, w_in(), s_in(), out if part == "weight" else None)
     if part == "weight":
+        if on_scales is not None:
+            if s is None or s.shape[0] != n:
+                raise VerificationError(f"layer {t.layer_id}: rows {a}..{b} gave no scale rows to keep")
+            on_scales(s)
         return w
     if s is None:
         return w
@@ -114,7 +198,8 @@ def copy_ranges(reader: RowReader, t, sl: TableSlice) -> list[tuple[str, int, in
     return out
 
 
-def stream_tensor(sink: Sink, reader: RowReader, tables: dict, source: Source, ot: OutTensor, block_bytes: int) -> None:
+def stream_tensor(sink: Sink, reader: RowReader, tables: dict, source: Source, ot: OutTensor, block_bytes: int,
+                  memo: ScaleMemo | None = None) -> None:
     src = ot.source
     if isinstance(src, TensorCopy):
         e = source.checkpoint.entry(src.name)
@@ -135,22 +220,39 @@ def stream_tensor(sink: Sink, reader: RowReader, tables: dict, source: Source, o
         return
     t = tables[src.layer]
     ranges = copy_ranges(reader, t, src)
+    kept = (src.rows - src.pad_rows) * ot.row_bytes
     if ranges is not None:
         for path, off, n in ranges:
             sink.copy(reader.fd(path), off, n)
+    elif memo is not None and src.part == "scale" and memo.take(src, kept):
+        step = min(block_bytes, ScaleMemo.READ_BYTES)  # pooled buffers, touched no further than the weight pass did
+        for a in range(0, kept, step):
+            n = min(step, kept - a)
+            lease = sink.lease(n)
+            try:
+                memo.read(lease.array[:n], a)
+            except BaseException:
+                lease.release()
+                raise
+            sink.put_lease(lease, n)
+        memo.close()
     else:
+        keep = (memo is not None and src.part == "weight" and src.encoding != t.encoding
+                and src.encoding.scale_dtype is not None and memo.start(src))
         rb = block_rows_for(max(ot.row_bytes, t.row_bytes * (1 if src.encoding == t.encoding else 4)), block_bytes)
         for p in src.pieces:
             for a, b in iter_blocks(p.start, p.stop, rb):
                 nbytes = (b - a) * ot.row_bytes
                 lease = sink.lease(nbytes)
                 try:
-                    blk = table_block(reader, t, src, a, b, lease.array)
+                    blk = table_block(reader, t, src, a, b, lease.array, memo.put if keep else None)
                     if blk.nbytes != nbytes:
                         raise VerificationError(f"layer {t.layer_id}: rows {a}..{b} gave {blk.nbytes} bytes, planned {nbytes}")
                 except BaseException:
                     lease.release()
                     raise
                 sink.put_lease(lease, nbytes)
+        if keep:
+            memo.finish(src)
     if src.pad_rows:
         sink.zeros(src.pad_rows * ot.row_bytes, block_bytes)

@@ -23,7 +23,7 @@ from engram_cli.fsutil import atomic_path
 from engram_cli.jsonio import to_json_text
 from engram_cli.layout.store import save_layout
 from engram_cli.progress import ProgressCallback
-from engram_cli.tables.blocks import stream_tensor
+from engram_cli.tables.blocks import ScaleMemo, stream_tensor
 from engram_cli.tables.checksums import checksum_algorithm, file_digest
 from engram_cli.tables.codecs import codec_threads
 from engram_cli.tables.manifest import MANIFEST, DequantRef, ManifestFile, ManifestTensor, SideFile, TableRef, build_manifest
@@ -65,7 +65,8 @@ def _manifest_tensor(ot: OutTensor, offset: int, t) -> ManifestTensor:
     return ManifestTensor(ot.name, ot.dtype, ot.shape, offset, ot.nbytes, ot.row_bytes, table, dq, isinstance(src, TensorCopy))
 
 
-def _write_body(f: OutFile, sink: Sink, source: Source, reader: RowReader, tables: dict, block_bytes: int) -> list[int]:
+def _write_body(f: OutFile, sink: Sink, source: Source, reader: RowReader, tables: dict, block_bytes: int,
+                memo: ScaleMemo | None = None) -> list[int]:
     """Header, then every tensor at its planned offset; returns the offsets."""
     if f.format == "safetensors":
         head, offsets = f.header()
@@ -84,7 +85,7 @@ def _write_body(f: OutFile, sink: Sink, source: Source, reader: RowReader, table
             sink.zeros(offsets[i] - sink.pos, block_bytes)
         if sink.pos != offsets[i]:
             raise VerificationError(f"{f.name}: tensor {ot.name} starts at {sink.pos}, planned {offsets[i]}")
-        stream_tensor(sink, reader, tables, source, ot, block_bytes)
+        stream_tensor(sink, reader, tables, source, ot, block_bytes, memo)
         if sink.pos != offsets[i] + ot.nbytes:
             raise VerificationError(f"{f.name}: tensor {ot.name} wrote {sink.pos - offsets[i]} bytes, planned {ot.nbytes}")
     if f.format == "gguf":
@@ -95,13 +96,15 @@ def _write_body(f: OutFile, sink: Sink, source: Source, reader: RowReader, table
 
 
 def write_file(path: Path, f: OutFile, source: Source, reader: RowReader, tables: dict, block_bytes: int,
-               progress: Callable[[int], None], checksum: str = "xxh3-128", pool: BufferPool | None = None) -> ManifestFile:
-    """One data file of any format at ``path`` (temporary name, then renamed)."""
+               progress: Callable[[int], None], checksum: str = "xxh3-128", pool: BufferPool | None = None,
+               memo: ScaleMemo | None = None) -> ManifestFile:
+    """One data file of any format at ``path`` (temporary name, then renamed); ``memo`` carries
+    a quantisation's scales from its weight tensor to its scale tensor, in this file or a later one."""
     if f.format == "sparse":
         from engram_cli.tables.local import write_sparse
 
         return write_sparse(path, f, source, tables, reader, block_bytes, progress, checksum)
-    size, digest, offsets = write_atomic(path, lambda sink: _write_body(f, sink, source, reader, tables, block_bytes),
+    size, digest, offsets = write_atomic(path, lambda sink: _write_body(f, sink, source, reader, tables, block_bytes, memo),
                                          progress=progress, checksum=checksum, pool=pool, block_bytes=block_bytes)
     tensors = tuple(_manifest_tensor(ot, off, tables.get(getattr(ot.source, "layer", None))) for ot, off in zip(f.tensors, offsets))
     return ManifestFile(f.name, f.format, size, digest, tensors, dict(f.info), checksum)
@@ -142,6 +145,8 @@ def _write_side_files(plan: ShardPlan, staging: Path, algo: str) -> list[SideFil
 
 
 # ------------------------------------------------------------------ the executor
+SCALE_SPILL = ".engram-scales.tmp"  # ScaleMemo's file in the staging folder (a name no output has)
+
 def _write_all(plan: ShardPlan, source: Source, od: OutputDir, block_bytes: int, progress: ProgressCallback | None,
                verify: str, algo: str) -> list[ManifestFile]:
     total = sum(f.work_bytes for f in plan.files)
@@ -155,13 +160,18 @@ def _write_all(plan: ShardPlan, source: Source, od: OutputDir, block_bytes: int,
 
     tables = {t.layer_id: t for t in source.tables}
     pool = BufferPool(block_bytes, Sink.POOL_BLOCKS)  # shared by every file: buffers allocated once per run
+    memo = ScaleMemo({ScaleMemo.key_of(ot.source) for f in plan.files for ot in f.tensors
+                      if isinstance(ot.source, TableSlice) and ot.source.part == "scale"}, od.staged(SCALE_SPILL))
     written = []
-    with RowReader() as reader, codec_threads(1):
-        for f in plan.files:
-            w = write_file(od.staged(f.name), f, source, reader, tables, block_bytes, tick, algo, pool)
-            if verify != "none":
-                quick_check(od.staged(f.name), f, w)
-            written.append(w)
+    try:
+        with RowReader() as reader, codec_threads(1):
+            for f in plan.files:
+                w = write_file(od.staged(f.name), f, source, reader, tables, block_bytes, tick, algo, pool, memo)
+                if verify != "none":
+                    quick_check(od.staged(f.name), f, w)
+                written.append(w)
+    finally:
+        memo.close()
     return written
 
 

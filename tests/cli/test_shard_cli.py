@@ -107,6 +107,33 @@ def test_dtype_conversions(src, tmp_path, dtype):
         assert torch.equal(w.float(), (ref * sc).reshape(-1, 256))
 
 
+@pytest.mark.parametrize("dtype", ["int8", "fp8-e4m3"])
+def test_scales_kept_from_the_weight_pass_equal_recomputed_ones(src, tmp_path, monkeypatch, dtype):
+    """A quantised table's scale tensor comes from the weight pass (ScaleMemo's spill file), not
+    a second read and quantisation of the source: no scales-only pass, and the files are
+    byte-identical to those of the old path (the memo switched off), scale tensors in other
+    shard files than their weights included; the spill file is gone afterwards."""
+    from engram_cli.tables import blocks, codecs
+
+    root = src[0]
+    assert run("convert", root, "-o", tmp_path / "bf16", "--to", "hf", "--dtype", "bf16", "--engram-only").exit_code == 0
+    calls = []
+    real = codecs.convert_scales
+    monkeypatch.setattr(blocks, "convert_scales", lambda *a: calls.append(1) or real(*a))
+    outs = {}
+    for use in (True, False):
+        if not use:
+            monkeypatch.setattr(blocks.ScaleMemo, "start", lambda self, sl: False)
+        calls.clear()
+        out = tmp_path / f"q{use}"
+        r = run("convert", tmp_path / "bf16", "-o", out, "--to", "hf", "--dtype", dtype, "--engram-only", "--max-shard-size", "300KB")
+        assert r.exit_code == 0, r.output
+        outs[use] = {f.name: f.read_bytes() for f in sorted(out.glob("*.safetensors"))}
+        assert bool(calls) == (not use)
+        assert not list(out.rglob("*.tmp"))
+    assert len(outs[False]) > 2 and outs[False] == outs[True]
+
+
 def test_gguf_keys_read_back(src, tmp_path):
     import gguf
 
