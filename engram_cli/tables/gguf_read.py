@@ -17,6 +17,7 @@ import numpy as np
 
 from engram_cli.errors import BadInputError
 from engram_cli.tables import gguf_dialects as D
+from engram_cli.tables.gguf_bounds import check_gguf_bounds
 from engram_cli.tables.model import Encoding, Segment, TableInfo
 
 _ETYPES = {"UINT8": "u8", "INT8": "i8", "UINT16": "u16", "INT16": "i16", "UINT32": "u32", "INT32": "i32",
@@ -96,6 +97,7 @@ class GgufFile:
 def open_reader(path: Path):
     import gguf
 
+    check_gguf_bounds(path)  # the reader trusts counts: a flipped one would make it allocate without bound
     try:
         return gguf.GGUFReader(str(path))
     except Exception as exc:  # noqa: BLE001 - any parse failure is bad input

@@ -5,6 +5,7 @@ Whatever bytes they are given, they return a result or raise the project's BadIn
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -39,13 +40,15 @@ def test_task_files(lines):
 
 def _gguf_bytes() -> bytes:
     import numpy as np
-    from gguf import GGUFWriter
+    from gguf import GGUFValueType, GGUFWriter
 
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "x.gguf"
         w = GGUFWriter(str(p), "deepseek41")
         w.add_uint32("deepseek41.engram.max_ngram_size", 3)
         w.add_array("deepseek41.engram.layer_ids", [1, 2])
+        # one-byte elements: with a flipped count the gguf reader reads to the end, then loops on empty slices
+        w.add_key_value("deepseek41.engram.flags", [1, 0, 1], GGUFValueType.ARRAY, sub_type=GGUFValueType.UINT8)
         w.add_tensor("blk.1.engram_embd.weight", np.zeros((8, 16), np.int8))
         w.write_header_to_file()
         w.write_kv_data_to_file()
@@ -57,8 +60,6 @@ def _gguf_bytes() -> bytes:
 GOOD = _gguf_bytes()
 
 
-# Truncations only: a flipped element count can make the gguf package's reader allocate without
-# bound before any check of ours runs (a known gap, see the closing note of stop 7).
 @settings(max_examples=150, deadline=None, derandomize=True)
 @given(cut=st.integers(0, len(GOOD)))
 def test_gguf_headers(cut):
@@ -72,6 +73,42 @@ def test_gguf_headers(cut):
             read_gguf(p)
         except BadInputError as exc:
             assert "\n" not in exc.message
+
+
+FLIP_SWEEP = """
+import resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))  # a runaway count fails fast, not the machine
+from engram_cli.errors import BadInputError
+from engram_cli.tables.gguf_read import read_gguf
+good = Path(sys.argv[1]).read_bytes()
+p = Path(sys.argv[2])
+refused = 0
+for i in range(int(sys.argv[3])):
+    for v in (0xFF, 0x7F, 0x01):
+        data = bytearray(good)
+        data[i] = v
+        p.write_bytes(bytes(data))
+        try:
+            read_gguf(p)
+        except BadInputError as exc:
+            assert "\\n" not in exc.message and exc.message.startswith(p.name), exc.message
+            refused += 1
+print(refused)
+"""
+
+
+def test_gguf_header_byte_flips_are_refused_in_bounded_memory(tmp_path):
+    """Every byte of the header set to 0xFF, 0x7F or 0x01 (counts and lengths among them) reads
+    or is refused with one line, under a 3 GiB address-space limit and in bounded time: the
+    gguf package alone loops over a flipped array count (it took > 11 GB)."""
+    src, out = tmp_path / "good.gguf", tmp_path / "flip.gguf"
+    src.write_bytes(GOOD)
+    head = GOOD.index(b"blk.1.engram_embd.weight") + 64  # keys and the tensor info
+    r = subprocess.run([sys.executable, "-c", FLIP_SWEEP, str(src), str(out), str(head)], capture_output=True, text=True,
+                       timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert int(r.stdout.split()[-1]) > head  # most flips are refused, not read as something else
 
 
 def test_truncated_model_is_exit_3(tmp_path):
