@@ -16,7 +16,7 @@ PKG = Path(__file__).resolve().parents[2] / "engram_cli"
 MAX_MODULE_LINES = 430  # "about 400"
 MAX_FUNCTION_LINES = 80
 # Allowed engram_cli sub-package imports per layer (ARCHITECTURE.md: arrows point down).
-BOTTOM = {"errors", "progress", "fsutil", "reports", "jsonio", "pathguard", "compiled", "__init__", "__main__"}
+BOTTOM = {"errors", "progress", "fsutil", "reports", "jsonio", "pathguard", "compiled", "numba_bits", "__init__", "__main__"}
 ALLOWED = {
     "cli": {"cli", "analysis", "analysis.stats", "offload", "models", "tables", "layout", "inspect"},
     "analysis": {"analysis", "analysis.stats", "models", "layout"},
