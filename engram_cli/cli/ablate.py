@@ -97,7 +97,7 @@ def ablate(
     from engram_cli.models.views import require_engram, view_for
 
     task_list = resolve_tasks(tasks, demo_suites_dir(), limit)
-    n_threads = start_model_run(device, threads)
+    n_threads = start_model_run(device, threads, (model,))
     out.log(f"loading {escape(model or 'the bundled demo model')} ({n_threads} threads) ...")
     loaded = load_model(model, device=device.value, dtype=dtype, device_map=device_map, tokenizer=tokenizer)
     view = view_for(loaded.model, engram_path=engram_path, layers_path=layers_path)

@@ -157,7 +157,7 @@ def cka(
         from engram_cli.models.loading import twin_pair
 
         (model_a, model_b), compare = twin_pair(model_a, model_b), Compare.auto
-    used_threads = start_model_run(device, threads)
+    used_threads = start_model_run(device, threads, (model_a, model_b))
     tok = str(tokenizer) if tokenizer else None
     out.log(f"CKA: {escape(model_a or 'the bundled demo model')} vs {escape(model_b or compare.value)} ...")
     with out.progress("CKA") as cb:

@@ -140,7 +140,7 @@ def logit_lens(
     from engram_cli.analysis.lens_run import run_logit_lens
     from engram_cli.cli.options import start_model_run
 
-    n_threads = start_model_run(device, threads)
+    n_threads = start_model_run(device, threads, (model,))
     out.log(f"loading {escape(model or 'the bundled demo model')} ({n_threads} threads) ...")
     with out.progress("logit lens", unit="batches") as progress:
         report = run_logit_lens(req, settings, progress)

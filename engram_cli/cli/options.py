@@ -150,10 +150,17 @@ def set_torch_threads(threads: int | None) -> int:
     return n
 
 
-def start_model_run(device: Device, threads: int | None) -> int:
+def start_model_run(device: Device, threads: int | None, models: tuple[str | None, ...] = ()) -> int:
     """What every model command does before loading: exit 5 when the device is missing (before
-    any weights are read), then apply ``--threads``. Returns the thread count used."""
+    any weights are read), exit 3 when a ``.gguf`` model's header counts cannot fit in its file
+    (transformers' GGUF loading uses the gguf reader, which would loop on them without bound),
+    then apply ``--threads``. Returns the thread count used."""
     from engram_cli.models.loading import resolve_device
 
     resolve_device(device.value)
+    for model in models:
+        if model and str(model).endswith(".gguf") and Path(model).is_file():
+            from engram_cli.tables.gguf_bounds import check_gguf_bounds
+
+            check_gguf_bounds(Path(model))
     return set_torch_threads(threads)

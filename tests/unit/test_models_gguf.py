@@ -220,3 +220,25 @@ def test_ablate_refuses_gguf_without_engram(tiny, tmp_path, no_network):
     r = CliRunner().invoke(app, ["ablate", str(junk), "--tasks", str(suites / "caps_mc.jsonl"), "--device", "cpu"])
     flat = "".join(r.stderr.split())  # rich wraps long lines
     assert r.exit_code == 3 and f"cannotloadmodelfrom{junk}:".replace(" ", "") in flat, r.output
+
+
+@pytest.mark.parametrize("command", [["ablate"], ["analyze", "logit-lens"], ["analyze", "cka"]])
+def test_model_gguf_with_a_flipped_count_is_refused_before_loading(tiny, tmp_path, command):
+    """A .gguf model whose token-list count has its top byte set: one exit 3 line from the header
+    check every model command runs first (the gguf reader inside transformers would read past
+    the end of the file), in a fresh process with a time limit."""
+    import struct
+    import subprocess
+    import sys
+
+    _, _, path = tiny
+    data = bytearray(path.read_bytes())
+    at = data.index(b"tokenizer.ggml.tokens") + len("tokenizer.ggml.tokens") + 4 + 4  # type, element type, count
+    assert struct.unpack_from("<Q", data, at)[0] < 10_000
+    data[at + 7] = 0x7F
+    bad = tmp_path / "flipped.gguf"
+    bad.write_bytes(bytes(data))
+    r = subprocess.run([sys.executable, "-m", "engram_cli", *command, str(bad), "-o", str(tmp_path / "out"), "--device", "cpu"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert "flipped.gguf: not a readable GGUF file (key " in r.stderr and "Traceback" not in r.stderr
