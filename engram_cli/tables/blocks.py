@@ -22,6 +22,7 @@ from engram_cli.tables.codecs import convert, convert_scales, decode
 from engram_cli.tables.plan import OutTensor, TableSlice, TensorBytes, TensorCast, TensorCopy, TileDequant
 from engram_cli.tables.rows import RowReader, block_rows_for, iter_blocks
 from engram_cli.tables.tiles import tile_dequant
+from engram_cli.tables.writer import pread_exact
 
 if TYPE_CHECKING:  # pragma: no cover
     from engram_cli.tables.source_info import Source
@@ -86,12 +87,7 @@ class ScaleMemo:
 
     def read(self, out: np.ndarray, offset: int) -> None:
         """Fill uint8 ``out`` with the kept bytes at ``offset``."""
-        mv, got = memoryview(out).cast("B"), 0
-        while got < mv.nbytes:
-            k = os.preadv(self._fd, [mv[got:]], offset + got)
-            if k <= 0:
-                raise VerificationError(f"{self.spill.name}: ends at byte {offset + got}, {self._nbytes} were kept")
-            got += k
+        pread_exact(self._fd, memoryview(out).cast("B"), offset, what=self.spill.name)
 
     def close(self) -> None:
         """Close and remove the spill file (idempotent)."""
@@ -220,14 +216,14 @@ def stream_tensor(sink: Sink, reader: RowReader, tables: dict, source: Source, o
         return
     t = tables[src.layer]
     ranges = copy_ranges(reader, t, src)
-    kept = (src.rows - src.pad_rows) * ot.row_bytes
+    scale_bytes = (src.rows - src.pad_rows) * ot.row_bytes
     if ranges is not None:
         for path, off, n in ranges:
             sink.copy(reader.fd(path), off, n)
-    elif memo is not None and src.part == "scale" and memo.take(src, kept):
+    elif memo is not None and src.part == "scale" and memo.take(src, scale_bytes):
         step = min(block_bytes, ScaleMemo.READ_BYTES)  # pooled buffers, touched no further than the weight pass did
-        for a in range(0, kept, step):
-            n = min(step, kept - a)
+        for a in range(0, scale_bytes, step):
+            n = min(step, scale_bytes - a)
             lease = sink.lease(n)
             try:
                 memo.read(lease.array[:n], a)

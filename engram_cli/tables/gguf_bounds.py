@@ -13,6 +13,7 @@ from __future__ import annotations
 import mmap
 import struct
 from pathlib import Path
+from typing import NoReturn
 
 from engram_cli.errors import BadInputError
 
@@ -27,7 +28,7 @@ class _Walk:
     def __init__(self, buf, order: str) -> None:
         self.buf, self.pos, self.order, self.size = buf, 0, order, len(buf)
 
-    def fail(self, what: str) -> None:
+    def fail(self, what: str) -> NoReturn:
         raise BadInputError(f"not a readable GGUF file ({what} runs past the end of the file at byte {self.pos} of {self.size})")
 
     def take(self, n: int, what: str) -> int:

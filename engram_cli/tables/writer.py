@@ -283,12 +283,13 @@ def _zeros(n: int) -> memoryview:
     return _ZEROS[0][:n]
 
 
-def pread_exact(fd: int, mv: memoryview, offset: int) -> None:
+def pread_exact(fd: int, mv: memoryview, offset: int, what: str = "source") -> None:
+    """Fill ``mv`` from ``fd`` at ``offset``; a file that ends first is bad input naming ``what``."""
     got = 0
     while got < mv.nbytes:
         k = os.preadv(fd, [mv[got:]], offset + got)
         if k <= 0:
-            raise BadInputError(f"source ends at byte {offset + got}", hint="the file is truncated")
+            raise BadInputError(f"{what} ends at byte {offset + got}", hint="the file is truncated")
         got += k
 
 
