@@ -22,7 +22,6 @@ from engram_cli.tables.codecs import convert, convert_scales, decode
 from engram_cli.tables.plan import OutTensor, TableSlice, TensorBytes, TensorCast, TensorCopy, TileDequant
 from engram_cli.tables.rows import RowReader, block_rows_for, iter_blocks
 from engram_cli.tables.tiles import tile_dequant
-from engram_cli.tables.writer import pread_exact
 
 if TYPE_CHECKING:  # pragma: no cover
     from engram_cli.tables.source_info import Source
@@ -87,6 +86,8 @@ class ScaleMemo:
 
     def read(self, out: np.ndarray, offset: int) -> None:
         """Fill uint8 ``out`` with the kept bytes at ``offset``."""
+        from engram_cli.tables.writer import pread_exact  # here: verification imports blocks, never the writer
+
         pread_exact(self._fd, memoryview(out).cast("B"), offset, what=self.spill.name)
 
     def close(self) -> None:
